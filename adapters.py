@@ -1,0 +1,356 @@
+"""The adaptation methods of the paper, attachable to any Hugging Face Llama or Mistral model.
+
+    model = AutoModelForCausalLM.from_pretrained(...)
+    adapters.attach(model, "prefix", n_prefix_tokens=10, n_adapted_layers=30)
+    ... train ...
+    adapters.save_adapter(model, "out/adapter")
+
+Methods (base weights always frozen, except "full"):
+- soft_prompt: n learnable input embeddings prepended to the input (Lester et al., 2021).
+- prefix: n learnable vectors in hidden space at each of the last L layers, turned into keys and
+  values by that layer's frozen k_proj / v_proj (no rotary embedding on the prefix), joined to the
+  sequence's keys and values under one softmax (Li & Liang, 2021, in the paper's hidden-space form).
+- adapter: LLaMA-Adapter (Zhang et al., 2023): the same prefix, but with its own softmax, scaled by
+  tanh(g) with g a zero-initialised gate per head and layer and added to the ordinary causal
+  attention. We use the tanh form of the original code on purpose (litgpt drops the tanh): the
+  gate then saturates at +-1 instead of growing without bound.
+- lora: low-rank updates of rank r on q_proj, k_proj, v_proj of every layer, B zero-initialised.
+- full: every weight trainable.
+
+Prefix methods do not touch the model's forward: their state is a submodule on each attention
+module (`self_attn.prefix_adapter`), read by an attention function registered with transformers'
+attention interface under the name "xprefix". That function runs plain PyTorch math, or, with
+`attn_backend="triton"`, our fused kernel (kernels/). Soft prompts use forward hooks on the
+decoder stack, so generation with a KV cache works unchanged.
+"""
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+METHODS = ("base", "soft_prompt", "prefix", "adapter", "lora", "full")
+PREFIX_METHODS = ("prefix", "adapter")
+BACKENDS = ("auto", "torch", "triton")
+
+
+class PrefixState(nn.Module):
+    """The learned prefix of one attention layer (and, for LLaMA-Adapter, its gate)."""
+
+    def __init__(self, init: torch.Tensor, n_heads: int, gated: bool):
+        super().__init__()
+        self.prefix = nn.Parameter(init.detach().clone().float())  # (P, hidden)
+        self.gate = nn.Parameter(torch.zeros(n_heads)) if gated else None  # (Hq,)
+
+    def keys_values(self, attn):
+        """Prefix keys and values through the layer's frozen projections: (Hkv, P, D) each."""
+        weight = attn.k_proj.weight
+        prefix = self.prefix.to(weight.dtype)
+        n_tokens, head_dim = prefix.shape[0], attn.head_dim
+        pk = attn.k_proj(prefix).view(n_tokens, -1, head_dim).transpose(0, 1)  # (Hkv, P, D)
+        pv = attn.v_proj(prefix).view(n_tokens, -1, head_dim).transpose(0, 1)  # (Hkv, P, D)
+        return pk, pv
+
+
+def _causal_mask(m, n, device):
+    # query i (of the last m) sees key j <= i + n - m: right-aligned, so a KV-cache step works
+    return torch.ones(m, n, dtype=torch.bool, device=device).tril(diagonal=n - m)
+
+
+def torch_prefix_attention(query, key, value, prefix_k, prefix_v, gate, attention_mask, scaling, dropout=0.0):
+    """Plain PyTorch prefix attention on HF layouts: query (B, Hq, M, D), key/value (B, Hkv, N, D),
+    prefix (Hkv, P, D), attention_mask a bool (B, 1, M, N) or None for causal. Returns (B, Hq, M, D)."""
+    batch, n_heads, m, _ = query.shape
+    groups = n_heads // key.shape[1]
+    n = key.shape[2]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # (B, Hq, N, D)
+    seq_mask = attention_mask if attention_mask is not None else _causal_mask(m, n, query.device)
+    pk = repeat_kv(prefix_k[None].to(query.dtype), groups).expand(batch, -1, -1, -1)  # (B, Hq, P, D)
+    pv = repeat_kv(prefix_v[None].to(query.dtype), groups).expand(batch, -1, -1, -1)
+    if gate is None:  # one softmax over prefix and sequence; every query sees every prefix key
+        seq_mask = seq_mask.expand(batch, 1, m, n)
+        mask = torch.cat([seq_mask.new_ones(batch, 1, m, pk.shape[2]), seq_mask], dim=-1)
+        return F.scaled_dot_product_attention(query, torch.cat([pk, key], 2), torch.cat([pv, value], 2),
+                                              attn_mask=mask, dropout_p=dropout, scale=scaling)
+    # a left-padded query row may see no sequence key at all: it gets zeros there, not NaN
+    empty = ~seq_mask.any(-1, keepdim=True)  # (B, 1, M, 1)
+    seq = F.scaled_dot_product_attention(query, key, value, attn_mask=seq_mask | empty, dropout_p=dropout,
+                                         scale=scaling).masked_fill(empty, 0.0)
+    pre = F.scaled_dot_product_attention(query, pk, pv, dropout_p=dropout, scale=scaling)
+    return seq + torch.tanh(gate.float()).to(query.dtype).view(1, -1, 1, 1) * pre
+
+
+def _key_start(attention_mask):
+    """Per-sequence index of the first valid key, read off the last query row of a left-padded mask."""
+    if attention_mask is None:
+        return None
+    return attention_mask[:, 0, -1, :].int().argmax(-1)  # (B,)
+
+
+def xprefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """The attention function registered with transformers as "xprefix"."""
+    state = getattr(module, "prefix_adapter", None)
+    backend = getattr(module, "xprefix_backend", "torch")
+    if backend == "triton":
+        from kernels import prefix_attention
+        pk, pv = state.keys_values(module) if state is not None else (None, None)
+        gate = state.gate if state is not None else None
+        out = prefix_attention(query, key, value, pk, pv, gate, causal=True, scale=scaling,
+                               key_start=_key_start(attention_mask))
+        return out.transpose(1, 2).contiguous(), None  # (B, M, Hq, D)
+    if state is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    pk, pv = state.keys_values(module)
+    out = torch_prefix_attention(query, key, value, pk, pv, state.gate, attention_mask, scaling, dropout)
+    return out.transpose(1, 2).contiguous(), None  # (B, M, Hq, D)
+
+
+AttentionInterface.register("xprefix", xprefix_attention)
+AttentionMaskInterface.register("xprefix", sdpa_mask)  # bool (B, 1, M, N), or None when plain causal
+
+
+class SoftPrompt(nn.Module):
+    """n learnable input embeddings, prepended by hooks on the decoder stack (`model.model`).
+
+    The forward pre-hook prepends the prompt at the first (prefill) call and shifts masks and
+    positions on cached decoding steps; the forward hook drops the prompt's positions from the
+    output, so logits line up with the caller's input_ids and labels as if nothing were there.
+    """
+
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.prompt = nn.Parameter(init.detach().clone().float())  # (P, hidden)
+
+    def pre_hook(self, decoder, args, kwargs):
+        input_ids = kwargs.pop("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        cache = kwargs.get("past_key_values")
+        mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
+        n = self.prompt.shape[0]
+        if cache is not None and cache.get_seq_length() > 0:  # decoding: the prompt is in the cache
+            kwargs["input_ids"] = input_ids
+            if mask is not None:
+                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], n), mask], -1)
+            if positions is not None:
+                kwargs["position_ids"] = positions + n
+            if kwargs.get("cache_position") is not None:
+                kwargs["cache_position"] = kwargs["cache_position"] + n
+            self._prefill = False
+            return (), kwargs
+        if embeds is None:
+            embeds = decoder.embed_tokens(input_ids)
+        batch = embeds.shape[0]
+        prompt = self.prompt.to(embeds.dtype)[None].expand(batch, -1, -1)  # (B, P, hidden)
+        kwargs["inputs_embeds"] = torch.cat([prompt, embeds], 1)
+        if mask is not None:
+            mask = torch.cat([mask.new_ones(batch, n), mask], -1)
+            kwargs["attention_mask"] = mask
+            # positions from the extended mask: prompt 0..P-1, then the text right after it even
+            # when left padding sits in between (pads are masked, their positions don't matter)
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        elif positions is not None:
+            kwargs["position_ids"] = torch.cat([torch.arange(n, device=embeds.device).expand(positions.shape[0], n),
+                                                positions + n], -1)
+        if kwargs.get("cache_position") is not None:
+            kwargs["cache_position"] = torch.arange(embeds.shape[1] + n, device=embeds.device)
+        self._prefill = True
+        return (), kwargs
+
+    def hook(self, decoder, args, kwargs, output):
+        if getattr(self, "_prefill", False):
+            output.last_hidden_state = output.last_hidden_state[:, self.prompt.shape[0]:]
+        self._prefill = False
+        return output
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / r) * x A^T B^T, B zero-initialised so the model starts unchanged."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base, self.rank, self.scaling = base, rank, alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        if base.weight.device.type != "meta":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear, and as PEFT
+        self.merged = False
+
+    @property
+    def weight(self):  # so code that reads q_proj.weight (dtype, device) keeps working
+        return self.base.weight
+
+    def forward(self, x):
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + (x.to(self.lora_A.dtype) @ self.lora_A.t() @ self.lora_B.t() * self.scaling).to(out.dtype)
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold the update into the base weight; idempotent."""
+        if not self.merged:
+            self.base.weight += (self.lora_B @ self.lora_A * self.scaling).to(self.base.weight.dtype)
+            self.merged = True
+
+
+def _decoder(model):
+    return model.model
+
+
+def _prefix_init(model, layer, n_tokens, generator):
+    """Prefix vectors start as real normalised token embeddings, so keys/values are in range."""
+    embed = _decoder(model).embed_tokens.weight
+    if embed.device.type == "meta":
+        return torch.empty(n_tokens, embed.shape[1], device="meta")
+    ids = torch.randint(0, embed.shape[0], (n_tokens,), generator=generator)
+    with torch.no_grad():
+        return layer.input_layernorm(embed[ids].float().to(embed.dtype)).float()
+
+
+def attach(model, method, *, n_prefix_tokens=10, n_adapted_layers=None, lora_rank=4, lora_alpha=8.0,
+           attn_backend="auto", seed=0):
+    """Attach `method` to a Hugging Face LlamaForCausalLM / MistralForCausalLM in place.
+
+    Args:
+        method: one of METHODS.
+        n_prefix_tokens: prefix / soft prompt length (paper: 10).
+        n_adapted_layers: prefix methods adapt the last L layers; None = min(30, all) (paper: 30 of 32).
+        lora_rank, lora_alpha: LoRA's r and alpha (scaling alpha / r).
+        attn_backend: "torch", "triton" (our fused kernel, CUDA), or "auto" (triton on CUDA).
+        seed: seeds the prefix / prompt initialisation.
+    Returns the model, with only the method's parameters trainable.
+    """
+    errors = []
+    if method not in METHODS:
+        errors.append(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if attn_backend not in BACKENDS:
+        errors.append(f"attn_backend {attn_backend!r} is not one of {', '.join(BACKENDS)}")
+    layers = _decoder(model).layers
+    n_layers = len(layers)
+    if n_adapted_layers is None:
+        n_adapted_layers = min(30, n_layers)
+    if method in PREFIX_METHODS + ("soft_prompt",) and not (isinstance(n_prefix_tokens, int) and n_prefix_tokens > 0):
+        errors.append(f"n_prefix_tokens must be a positive integer, got {n_prefix_tokens!r}")
+    if method in PREFIX_METHODS and not (isinstance(n_adapted_layers, int) and 0 < n_adapted_layers <= n_layers):
+        errors.append(f"n_adapted_layers must be in 1..{n_layers} (the model has {n_layers} layers), "
+                      f"got {n_adapted_layers!r}")
+    if method == "lora" and not (isinstance(lora_rank, int) and lora_rank > 0):
+        errors.append(f"lora_rank must be a positive integer, got {lora_rank!r}")
+    if errors:
+        raise ValueError("; ".join(errors))
+    if getattr(model, "xprefix_config", None):
+        raise ValueError(f"model already has a {model.xprefix_config['method']!r} adapter attached")
+
+    generator = torch.Generator().manual_seed(seed)
+    model.requires_grad_(method == "full")
+    if method in PREFIX_METHODS:
+        for layer in layers[n_layers - n_adapted_layers:]:
+            attn = layer.self_attn
+            init = _prefix_init(model, layer, n_prefix_tokens, generator)
+            attn.prefix_adapter = PrefixState(init, attn.config.num_attention_heads, gated=method == "adapter")
+            attn.prefix_adapter.to(init.device)
+    elif method == "soft_prompt":
+        embed = _decoder(model).embed_tokens.weight
+        if embed.device.type == "meta":
+            init = torch.empty(n_prefix_tokens, embed.shape[1], device="meta")
+        else:
+            init = embed[torch.randint(0, embed.shape[0], (n_prefix_tokens,), generator=generator)]
+        soft = _decoder(model).soft_prompt = SoftPrompt(init).to(init.device)
+        soft.handles = [_decoder(model).register_forward_pre_hook(soft.pre_hook, with_kwargs=True),
+                        _decoder(model).register_forward_hook(soft.hook, with_kwargs=True)]
+    elif method == "lora":
+        for layer in layers:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                lora = LoRALinear(getattr(layer.self_attn, name), lora_rank, lora_alpha)
+                setattr(layer.self_attn, name, lora)
+    set_attn_backend(model, attn_backend)
+    model.xprefix_config = dict(method=method, n_prefix_tokens=n_prefix_tokens, n_adapted_layers=n_adapted_layers,
+                                lora_rank=lora_rank, lora_alpha=lora_alpha)
+    return model
+
+
+def set_attn_backend(model, attn_backend="auto"):
+    """Route every attention layer through "xprefix" with the torch or triton backend."""
+    if attn_backend not in BACKENDS:
+        raise ValueError(f"attn_backend {attn_backend!r} is not one of {', '.join(BACKENDS)}")
+    device = next(model.parameters()).device
+    if attn_backend == "auto":
+        attn_backend = "triton" if device.type == "cuda" else "torch"
+    if attn_backend == "triton" and device.type != "cuda" and not _triton_interpreted():
+        raise ValueError("attn_backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for testing); "
+                         "use 'torch' on the CPU")
+    model.set_attn_implementation("xprefix")
+    for layer in _decoder(model).layers:
+        layer.self_attn.xprefix_backend = attn_backend
+
+
+def _triton_interpreted():
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def trainable_state_dict(model):
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def count_trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _shape_signature(model):
+    c = model.config
+    return dict(model_type=c.model_type, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+                vocab_size=c.vocab_size)
+
+
+def save_adapter(model, path, extra=None):
+    """Write `path`/adapter.safetensors (trainable tensors only) and `path`/adapter_config.json.
+
+    Both files are written to temporary names and renamed, so a crash never leaves a torn adapter.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
+    config = dict(model.xprefix_config, model=_shape_signature(model), **(extra or {}))
+    tmp = path / "adapter.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(path / "adapter.safetensors")
+    tmp = path / "adapter_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    tmp.replace(path / "adapter_config.json")
+
+
+def load_adapter(model, path, attn_backend="auto"):
+    """Attach the adapter saved at `path` to `model` and load its weights; checks it fits."""
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise ValueError(f"{path} holds no adapter (expected adapter_config.json and adapter.safetensors)")
+    config = json.loads((path / "adapter_config.json").read_text())
+    want, have = config["model"], _shape_signature(model)
+    if want != have:
+        diff = {k: (want.get(k), have.get(k)) for k in want if want.get(k) != have.get(k)}
+        raise ValueError(f"adapter {path} was trained on another model shape: (adapter, model) = {diff}")
+    attach(model, config["method"], n_prefix_tokens=config["n_prefix_tokens"],
+           n_adapted_layers=config["n_adapted_layers"], lora_rank=config["lora_rank"],
+           lora_alpha=config["lora_alpha"], attn_backend=attn_backend)
+    tensors = load_file(str(path / "adapter.safetensors"))
+    params = dict(model.named_parameters())
+    expected = set(trainable_state_dict(model))
+    if set(tensors) != expected:
+        raise ValueError(f"adapter {path} does not fit this model: missing {sorted(expected - set(tensors))[:5]}, "
+                         f"unexpected {sorted(set(tensors) - expected)[:5]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if params[name].shape != tensor.shape:
+                raise ValueError(f"adapter {path}: {name} has shape {tuple(tensor.shape)}, "
+                                 f"the model expects {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    return model

@@ -1,0 +1,177 @@
+"""Score a run in every language of its benchmark, next to the untrained base model.
+
+    python evaluate.py --run demo
+    python evaluate.py --run prefix_xnli_llama8b --eval_languages en,de --eval_samples 200
+
+Choice tasks (XNLI, Belebele) compare the log-likelihood of each option after the prompt;
+generation tasks (XQuAD, MGSM) generate with a KV cache, batched with left padding, and score the
+text. Each language's result (metrics and every prediction) is written atomically to
+out_dir/<run>/eval/<row>/<lang>.json as soon as it is done, so an interrupted evaluation resumes at
+the first unfinished language. The table is written as results.json, results.csv and results.md.
+"""
+import argparse
+import csv
+import io
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import adapters
+import config as C
+import data
+import models
+
+
+@torch.no_grad()
+def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device):
+    """Sum of log-probabilities of each choice's tokens after its prompt: list of lists."""
+    pairs = [(i, j, data.prompt_ids(tokenizer, p), tokenizer(c, add_special_tokens=False)["input_ids"])
+             for i, (p, cs) in enumerate(zip(prompts, choices)) for j, c in enumerate(cs)]
+    order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
+    scores = [[0.0] * len(cs) for cs in choices]
+    for start in range(0, len(order), batch_size):
+        chunk = [pairs[k] for k in order[start:start + batch_size]]
+        length = max(len(p) + len(c) for _, _, p, c in chunk)
+        ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (_, _, p, c) in enumerate(chunk):
+            ids[row, :len(p) + len(c)] = torch.tensor(p + c)
+            mask[row, :len(p) + len(c)] = 1
+        hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        for row, (i, j, p, c) in enumerate(chunk):
+            # only the choice positions go through the LM head
+            logits = model.lm_head(hidden[row, len(p) - 1:len(p) + len(c) - 1]).float()
+            scores[i][j] = F.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=device)[:, None]).sum().item()
+    return scores
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop, do_sample, temperature, top_p):
+    """Batched generation with left padding and a KV cache; returns the new text per prompt."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        encoded = [data.prompt_ids(tokenizer, prompts[i]) for i in idx]
+        length = max(map(len, encoded))
+        ids = torch.full((len(idx), length), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, e in enumerate(encoded):  # left padding: every prompt ends at the last column
+            ids[row, length - len(e):] = torch.tensor(e)
+            mask[row, length - len(e):] = 1
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             stop_strings=list(stop) or None, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
+                             top_k=None, **sampling)
+        for row, i in enumerate(idx):
+            text = tokenizer.decode(out[row, length:], skip_special_tokens=True)
+            for s in stop:  # generation stops after a stop string; the answer is what came before
+                text = text.split(s)[0]
+            outputs[i] = text
+    return outputs
+
+
+def evaluate_language(model, tokenizer, task, cfg, lang, device):
+    examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, n=cfg.eval_samples, seed=cfg.seed)
+    prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
+    records = []
+    if task.kind == "choice":
+        choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
+        scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device)
+        for ex, s in zip(examples, scores):
+            pred = max(range(len(s)), key=s.__getitem__)
+            records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, logprobs=s,
+                                correct=pred == ex["label"]))
+        metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
+    else:
+        do_sample = cfg.do_sample if cfg.do_sample is not None else getattr(task, "do_sample", False)
+        texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device,
+                         cfg.max_new_tokens or task.max_new_tokens, task.stop, do_sample, cfg.temperature, cfg.top_p)
+        for ex, text in zip(examples, texts):
+            records.append(dict(id=ex.get("id"), prediction=text, **task.score(text, ex)))
+        keys = [k for k in records[0] if k not in ("id", "prediction")] if records else []
+        metrics = {k: sum(r[k] for r in records) / len(records) for k in keys}
+    return dict(language=lang, n=len(records), metrics=metrics, predictions=records)
+
+
+def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
+    """Evaluate one model (row of the table) in every language, resuming finished languages."""
+    results = {}
+    for lang in tqdm(languages, desc=f"eval {row}"):
+        path = cfg.run_dir / "eval" / row / f"{lang}.json"
+        if path.is_file():
+            results[lang] = C.json.loads(path.read_text())
+            continue
+        start = time.time()
+        result = evaluate_language(model, tokenizer, task, cfg, lang, device)
+        result.update(seconds=time.time() - start, **extra)
+        C.write_json_atomic(path, result)
+        results[lang] = result
+        tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
+    return results
+
+
+def tables(rows: dict, languages, metric):
+    """CSV and Markdown text of rows x languages (+ average) for one metric."""
+    header = ["method"] + list(languages) + ["avg"]
+    lines = []
+    for row, results in rows.items():
+        values = [results[l]["metrics"][metric] for l in languages]
+        lines.append([row] + [f"{v:.1f}" for v in values] + [f"{sum(values) / len(values):.1f}"])
+    out = io.StringIO()
+    csv.writer(out).writerows([header] + lines)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(line) + " |" for line in lines]
+    return out.getvalue(), "\n".join(md)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--runs-file", default=str(C.RUNS_FILE))
+    parser.add_argument("--no-base", action="store_true", help="skip the untrained base model's row")
+    C.add_override_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = C.get_run(args.run, C.overrides_from_args(args), args.runs_file)
+        task = data.load_task(cfg.task)
+        languages = cfg.eval_languages or list(task.languages)
+        data.check_languages(task, languages)
+        adapter_dir = cfg.run_dir / "adapter"
+        if cfg.method != "base" and not (adapter_dir / "adapter_config.json").is_file():
+            raise ValueError(f"run {cfg.name!r} has no trained adapter at {adapter_dir}; "
+                             f"run `python train.py --run {cfg.name}` first")
+        device, dtype = C.device_and_dtype(cfg)
+        model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device,
+                                             trust_remote_code=cfg.trust_remote_code)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    model.eval()
+    meta = C.provenance(cfg)
+    rows = {}
+    if not args.no_base or cfg.method == "base":
+        adapters.set_attn_backend(model, cfg.attn_backend)
+        rows["base"] = evaluate_row(model, tokenizer, task, cfg, "base", languages, device, dict(meta, adapter=None))
+    if cfg.method != "base":
+        if cfg.method == "full":
+            raise SystemExit("evaluating full fine-tuning needs the saved full model; not supported yet")
+        adapters.load_adapter(model, adapter_dir, attn_backend=cfg.attn_backend)
+        model.eval()
+        extra = dict(meta, adapter=str(adapter_dir), adapter_sha256=data.file_sha256(adapter_dir / "adapter.safetensors"))
+        rows[cfg.method] = evaluate_row(model, tokenizer, task, cfg, cfg.method, languages, device, extra)
+
+    metric = task.primary_metric
+    csv_text, md = tables(rows, languages, metric)
+    summary = dict(meta, task=cfg.task, metric=metric, languages=languages,
+                   rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()})
+    C.write_json_atomic(cfg.run_dir / "results.json", summary)
+    (cfg.run_dir / "results.csv").write_text(csv_text)
+    (cfg.run_dir / "results.md").write_text(f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n")
+    print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\nwritten to {cfg.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

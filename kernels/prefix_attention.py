@@ -1,0 +1,404 @@
+"""Fused prefix attention in Triton: prefix tuning (joint softmax) and LLaMA-Adapter (gated prefix).
+
+One family of FlashAttention-2 kernels (Dao, 2023, "FlashAttention-2: Faster Attention with Better
+Parallelism and Work Partitioning"; Dao et al., 2022, "FlashAttention") for attention over learned
+prefix keys/values plus the sequence's own keys. The score matrix is never materialised: each program
+keeps an online-softmax state (running max, running sum, accumulator) in registers.
+
+What changed from the Triton fused-attention tutorial (06-fused-attention.py):
+  * Prefix keys pk, pv of shape (H_kv, P, D) (shared by the batch, stride 0 over B) or (B, H_kv, P, D)
+    are visited before the sequence keys. They are never masked by causality or padding.
+  * Joint mode (prefix tuning, Li & Liang 2021): one softmax over the P prefix keys and the sequence
+    keys. Gated mode (LLaMA-Adapter, Zhang et al. 2023): two softmax states in the same pass,
+    out = softmax_causal(q k^T s) v + tanh(g[h]) * softmax(q pk^T s) pv.
+  * Grouped-query attention by index (query head h reads key head h // GROUP), never by copying k/v.
+  * Bottom-right aligned causality so decoding with a KV cache works: query i sees sequence keys
+    j <= i + N - M. Left padding: keys j < key_start[b] are masked; a row with nothing to attend
+    to gives zeros (its log-sum-exp is stored as +inf so the backward gives zero probabilities).
+  * Deterministic backward without atomics: one kernel over key blocks writes dk/dv (looping over
+    the query heads of its group) and, for extra programs placed on the prefix keys, per-(b, h_kv)
+    fp32 partials of dpk/dpv that torch sums over the batch; one kernel over query blocks writes dq.
+    The gate gradient is a torch sum of per-row partials written by the preprocessing kernel.
+  * Each key loop is split into masked edge blocks and unmasked interior blocks, so the interior
+    pays for no mask arithmetic.
+
+Limits: head dims 16, 32, 64, 128 (powers of two, 16..128); fp16, bf16, fp32 (fp32 dots in IEEE
+precision, meant for the CPU interpreter and tests, not speed); N >= M >= 1; the last stride of every
+tensor must be 1 (the launcher copies otherwise). The CPU runs only under TRITON_INTERPRET=1.
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # scores are kept in base-2 units so the kernels can use exp2
+
+
+@triton.jit
+def _seq_bounds(start_m, M, N, key_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr):
+    """Key-block ranges for the query block at start_m: masked [lo, mid_lo), free [mid_lo, mid_hi),
+    masked [mid_hi, hi). Blocks wholly before key_start or after the causal diagonal are skipped."""
+    if CAUSAL:
+        hi = tl.minimum(N, start_m + BLOCK_M + N - M)
+        # a key block needs no mask when even the first row of the query block sees all of it
+        mid_hi = (start_m + N - M + 1) // BLOCK_N * BLOCK_N
+        mid_hi = tl.minimum(mid_hi, N // BLOCK_N * BLOCK_N)
+    else:
+        hi = N
+        mid_hi = N // BLOCK_N * BLOCK_N
+    hi = tl.cdiv(hi, BLOCK_N) * BLOCK_N
+    mid_lo = tl.minimum(tl.cdiv(key_start, BLOCK_N) * BLOCK_N, hi)
+    lo = tl.minimum(key_start // BLOCK_N * BLOCK_N, mid_lo)
+    mid_hi = tl.maximum(mid_hi, mid_lo)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, offs_d,
+               M, N, key_start, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+               IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over key blocks [lo, hi) of K/V (sequence or prefix); N bounds the keys."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kT_ptrs = K + offs_n[None, :] * stride_kn + offs_d[:, None]  # (D, BLOCK_N)
+        v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]  # (BLOCK_N, D)
+        if MASK:
+            kT = tl.load(kT_ptrs, mask=offs_n[None, :] < N, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < N, other=0.0)
+        else:
+            kT = tl.load(kT_ptrs)
+            v = tl.load(v_ptrs)
+        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale
+        if MASK:
+            valid = offs_n[None, :] < N
+            if not IS_PREFIX:
+                valid = valid & (offs_n[None, :] >= key_start)
+                if CAUSAL:
+                    valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
+            s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row that has seen only masked keys keeps max -inf; shift by 0 so exp2 gives 0, not NaN
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _finish(acc, l_i, m_i):
+    """Normalise; empty rows give 0 output and +inf log-sum-exp (so the backward sees p = 0)."""
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    return out, lse
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
+                stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
+                stride_pvb, stride_pvh, stride_pvn, stride_ob, stride_oh, stride_om,
+                H, M, N, P, qk_scale,
+                GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, CAUSAL: tl.constexpr,
+                IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_KEY_START: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=offs_m[:, None] < M, other=0.0)
+    key_start = tl.load(KeyStart + b).to(tl.int32) if HAS_KEY_START else 0
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    if HAS_PREFIX:
+        PKh = PK + b * stride_pkb + hk * stride_pkh
+        PVh = PV + b * stride_pvb + hk * stride_pvh
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, PKh, PVh, stride_pkn, stride_pvn, 0, P,
+                                   offs_m, offs_d, M, P, 0, qk_scale, BLOCK_P, True, True,
+                                   CAUSAL, DOT_PRECISION)
+    if IS_GATED:
+        # the prefix softmax is finished; the sequence keys start a second, separate state
+        out_p, lse_p = _finish(acc, l_i, m_i)
+        tl.store(LSEP + pid_bh * M + offs_m, lse_p, mask=offs_m < M)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+
+    Kh = K + b * stride_kb + hk * stride_kh
+    Vh = V + b * stride_vb + hk * stride_vh
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, BLOCK_M, BLOCK_N, CAUSAL)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, lo, mid_lo,
+                               offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False,
+                               CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
+                               offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, False, False,
+                               CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_hi, hi,
+                               offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False,
+                               CAUSAL, DOT_PRECISION)
+    out, lse = _finish(acc, l_i, m_i)
+    if IS_GATED:
+        out = out + tl.load(TanhGate + h) * out_p
+    tl.store(LSE + pid_bh * M + offs_m, lse, mask=offs_m < M)
+    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < M)
+
+
+@triton.jit
+def _bwd_preprocess(Q, PK, PV, TanhGate, Out, DO, LSEP, Delta, DotP,
+                    stride_qb, stride_qh, stride_qm, stride_pkb, stride_pkh, stride_pkn,
+                    stride_pvb, stride_pvh, stride_pvn, stride_ob, stride_oh, stride_om,
+                    stride_dob, stride_doh, stride_dom, H, M, P, qk_scale,
+                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_P: tl.constexpr, IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """Delta = rowsum(dO * O) for the softmax backward. In gated mode the output is
+    O_seq + t * O_prefix with separate softmaxes, so O_prefix is recomputed (P is small) and
+    DotP = rowsum(dO * O_prefix) is written: delta_seq = Delta, delta_prefix = t * DotP, and
+    dgate = (1 - t^2) * sum(DotP)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < M
+    o = tl.load(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    if IS_GATED:
+        dot_p = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if HAS_PREFIX:
+            hk = (h // GROUP).to(tl.int64)
+            q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                        mask=row_ok[:, None], other=0.0)
+            lse_p = tl.load(LSEP + pid_bh * M + offs_m, mask=row_ok, other=float("inf"))
+            acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+            for start_p in range(0, P, BLOCK_P):
+                offs_p = start_p + tl.arange(0, BLOCK_P)
+                kT = tl.load(PK + b * stride_pkb + hk * stride_pkh + offs_p[None, :] * stride_pkn
+                             + offs_d[:, None], mask=offs_p[None, :] < P, other=0.0)  # (D, BLOCK_P)
+                v = tl.load(PV + b * stride_pvb + hk * stride_pvh + offs_p[:, None] * stride_pvn
+                            + offs_d[None, :], mask=offs_p[:, None] < P, other=0.0)  # (BLOCK_P, D)
+                s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale
+                p = tl.where(offs_p[None, :] < P, tl.math.exp2(s - lse_p[:, None]), 0.0)
+                acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            dot_p = tl.sum(acc * do, 1)
+        delta = delta - tl.load(TanhGate + h) * dot_p
+        tl.store(DotP + pid_bh * M + offs_m, dot_p, mask=row_ok)
+    tl.store(Delta + pid_bh * M + offs_m, delta, mask=row_ok)
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, d_scale, K, V, stride_kn, stride_vn, lo, hi, offs_m,
+                  offs_d, M, N, key_start, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+                  IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dq += dS K over key blocks [lo, hi); d_scale is tanh(g) for the gated prefix, else 1."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kT_ptrs = K + offs_n[None, :] * stride_kn + offs_d[:, None]  # (D, BLOCK_N)
+        vT_ptrs = V + offs_n[None, :] * stride_vn + offs_d[:, None]  # (D, BLOCK_N)
+        if MASK:
+            kT = tl.load(kT_ptrs, mask=offs_n[None, :] < N, other=0.0)
+            vT = tl.load(vT_ptrs, mask=offs_n[None, :] < N, other=0.0)
+        else:
+            kT = tl.load(kT_ptrs)
+            vT = tl.load(vT_ptrs)
+        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale
+        p = tl.math.exp2(s - lse[:, None])
+        if MASK:
+            valid = offs_n[None, :] < N
+            if not IS_PREFIX:
+                valid = valid & (offs_n[None, :] >= key_start)
+                if CAUSAL:
+                    valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
+            p = tl.where(valid, p, 0.0)
+        dp = tl.dot(do, vT, input_precision=DOT_PRECISION) * d_scale
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kT.dtype), tl.trans(kT), input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, DotP, DQ,
+                   stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
+                   stride_pvb, stride_pvh, stride_pvn, stride_dob, stride_doh, stride_dom,
+                   stride_dqb, stride_dqh, stride_dqm, H, M, N, P, qk_scale, sm_scale,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, CAUSAL: tl.constexpr,
+                   IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_KEY_START: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < M
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + pid_bh * M + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + pid_bh * M + offs_m, mask=row_ok, other=0.0)
+    key_start = tl.load(KeyStart + b).to(tl.int32) if HAS_KEY_START else 0
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if HAS_PREFIX:
+        PKh = PK + b * stride_pkb + hk * stride_pkh
+        PVh = PV + b * stride_pvb + hk * stride_pvh
+        if IS_GATED:
+            t = tl.load(TanhGate + h)
+            lse_p = tl.load(LSEP + pid_bh * M + offs_m, mask=row_ok, other=float("inf"))
+            delta_p = t * tl.load(DotP + pid_bh * M + offs_m, mask=row_ok, other=0.0)
+            dq = _bwd_dq_inner(dq, q, do, lse_p, delta_p, t, PKh, PVh, stride_pkn, stride_pvn, 0, P,
+                               offs_m, offs_d, M, P, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
+                               DOT_PRECISION)
+        else:
+            dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, PKh, PVh, stride_pkn, stride_pvn, 0, P,
+                               offs_m, offs_d, M, P, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
+                               DOT_PRECISION)
+    Kh = K + b * stride_kb + hk * stride_kh
+    Vh = V + b * stride_vb + hk * stride_vh
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, BLOCK_M, BLOCK_N, CAUSAL)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m,
+                       offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False, CAUSAL, DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
+                       offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, False, False, CAUSAL,
+                       DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m,
+                       offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False, CAUSAL, DOT_PRECISION)
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _bwd_kv_inner(dk, dv, k, v, Q, DO, LSEh, Deltah, delta_scale, d_scale, stride_qm, stride_dom,
+                  lo, hi, offs_n, offs_d, M, N, key_start, qk_scale, BLOCK_M: tl.constexpr,
+                  MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dv += P^T dO, dk += dS^T Q over query blocks [lo, hi) of one query head, in transposed form
+    (keys on rows) as in the tutorial. Keys past N need no mask: they only reach dk/dv rows that are
+    never stored. delta = delta_scale * Deltah (tanh(g) * DotP for the gated prefix)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < M
+        qT = tl.load(Q + offs_m[None, :] * stride_qm + offs_d[:, None], mask=row_ok[None, :],
+                     other=0.0)  # (D, BLOCK_M)
+        do = tl.load(DO + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None],
+                     other=0.0)  # (BLOCK_M, D)
+        lse = tl.load(LSEh + offs_m, mask=row_ok, other=float("inf"))
+        delta = delta_scale * tl.load(Deltah + offs_m, mask=row_ok, other=0.0)
+        sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        pT = tl.math.exp2(sT - lse[None, :])
+        if MASK:
+            valid = offs_n[:, None] >= key_start
+            if CAUSAL:
+                valid = valid & (offs_n[:, None] <= offs_m[None, :] + (N - M))
+            pT = tl.where(valid, pT, 0.0)
+        dv += tl.dot((pT * d_scale).to(do.dtype), do, input_precision=DOT_PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * d_scale
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, DotP,
+                     DK, DV, DPK, DPV,
+                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
+                     stride_pvb, stride_pvh, stride_pvn, stride_dob, stride_doh, stride_dom,
+                     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                     H_KV, M, N, P, n_prefix_blocks, qk_scale, sm_scale,
+                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, IS_GATED: tl.constexpr,
+                     HAS_KEY_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Grid (n_prefix_blocks + cdiv(N, BLOCK_N), B * H_kv). The prefix programs come first because
+    each visits every query of the group (the longest programs should start first); they write fp32
+    partials DPK/DPV of shape (B, H_kv, P, D)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_KV).to(tl.int64)
+    hk = pid_bh % H_KV
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_start = tl.load(KeyStart + b).to(tl.int32) if HAS_KEY_START else 0
+    m_end = tl.cdiv(M, BLOCK_M) * BLOCK_M
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    if pid_n < n_prefix_blocks:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = offs_n[:, None] < P
+        k = tl.load(PK + b * stride_pkb + hk * stride_pkh + offs_n[:, None] * stride_pkn + offs_d[None, :],
+                    mask=key_ok, other=0.0)  # (BLOCK_N, D)
+        v = tl.load(PV + b * stride_pvb + hk * stride_pvh + offs_n[:, None] * stride_pvn + offs_d[None, :],
+                    mask=key_ok, other=0.0)
+        for g in range(GROUP):
+            h = hk * GROUP + g
+            bh = b * (H_KV * GROUP) + h
+            Qh = Q + b * stride_qb + h * stride_qh
+            DOh = DO + b * stride_dob + h * stride_doh
+            if IS_GATED:
+                t = tl.load(TanhGate + h)
+                dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEP + bh * M, DotP + bh * M, t, t,
+                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0,
+                                       qk_scale, BLOCK_M, False, CAUSAL, DOT_PRECISION)
+            else:
+                dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
+                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0,
+                                       qk_scale, BLOCK_M, False, CAUSAL, DOT_PRECISION)
+        # partials are contiguous fp32 (B, H_kv, P, D)
+        part = (b * H_KV + hk) * P * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(DPK + part, dk * sm_scale, mask=key_ok)
+        tl.store(DPV + part, dv, mask=key_ok)
+    else:
+        start_n = (pid_n - n_prefix_blocks) * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        key_ok = offs_n[:, None] < N
+        k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                    mask=key_ok, other=0.0)
+        v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                    mask=key_ok, other=0.0)
+        if CAUSAL:
+            # first query that sees key start_n, and first that sees the whole key block
+            lo = tl.maximum(start_n - (N - M), 0) // BLOCK_M * BLOCK_M
+            mid = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - (N - M), 0), BLOCK_M) * BLOCK_M
+        else:
+            lo = 0
+            mid = 0
+        if start_n < key_start:  # the block holds padding: mask every query block
+            mid = m_end
+        if start_n + BLOCK_N <= key_start:  # only padding: nothing to do
+            lo = m_end
+        mid = tl.minimum(tl.maximum(mid, lo), m_end)
+        for g in range(GROUP):
+            h = hk * GROUP + g
+            bh = b * (H_KV * GROUP) + h
+            Qh = Q + b * stride_qb + h * stride_qh
+            DOh = DO + b * stride_dob + h * stride_doh
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
+                                   stride_qm, stride_dom, lo, mid, offs_n, offs_d, M, N, key_start,
+                                   qk_scale, BLOCK_M, True, CAUSAL, DOT_PRECISION)
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
+                                   stride_qm, stride_dom, mid, m_end, offs_n, offs_d, M, N, key_start,
+                                   qk_scale, BLOCK_M, False, CAUSAL, DOT_PRECISION)
+        dk_ptrs = DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+        dv_ptrs = DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+        tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
+        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok)

@@ -1,0 +1,207 @@
+"""Train one run of runs.yaml on its English training data.
+
+    python train.py --run demo
+    python train.py --run prefix_xnli_llama8b --dry-run      # config and parameter count, no weights
+    python train.py --run demo --lr 1e-2 --max_steps 20      # any field can be overridden
+    python train.py --run demo --resume                       # continue from the last checkpoint
+
+Writes, under out_dir/<run>/: adapter/ (safetensors + config, at the end), checkpoint/ (every
+save_every steps and on SIGINT/SIGTERM, written atomically), train_log.json, config.json.
+"""
+import argparse
+import math
+import signal
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import adapters
+import config as C
+import data
+import models
+
+
+def answer_loss(model, input_ids, attention_mask, labels):
+    """Mean cross-entropy over answer tokens; the LM head runs on those positions only (the
+    prompt's logits are never needed, and the vocabulary projection is a large part of the cost)."""
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])  # (n_answer_tokens, vocab)
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def collate(features, pad_id):
+    """Right-pad (input_ids, labels) pairs into tensors."""
+    length = max(len(ids) for ids, _ in features)
+    input_ids = torch.full((len(features), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(features), length), dtype=torch.long)
+    for i, (ids, lab) in enumerate(features):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(lab)] = torch.tensor(lab)
+        mask[i, :len(ids)] = 1
+    return input_ids, mask, labels
+
+
+def batch_order(n_examples, batch_size, epoch, seed):
+    """The example indices of every batch of one epoch: a fixed shuffle per (seed, epoch), so a
+    resumed run sees exactly the batches the uninterrupted one would have."""
+    perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [perm[i:i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+def save_checkpoint(model, optimizer, scheduler, step, path, log):
+    """Trainable tensors, optimizer, scheduler, step and RNG, written to a temp name then renamed."""
+    path.mkdir(parents=True, exist_ok=True)
+    state = dict(trainable=adapters.trainable_state_dict(model), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), step=step, log=log, rng=torch.get_rng_state())
+    tmp = path / "state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(path / "state.pt")
+
+
+def load_checkpoint(model, optimizer, scheduler, path):
+    state = torch.load(path / "state.pt", weights_only=True)  # weights_only: never unpickle code
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["step"], state["log"]
+
+
+def build_features(cfg, task, tokenizer):
+    examples = task.train_examples(cfg.data_dir, source=cfg.train_source, n=cfg.train_samples, seed=cfg.seed)
+    if not examples:
+        raise ValueError(f"run {cfg.name!r}: the training source gave no examples")
+    return [data.training_features(tokenizer, task.prompt(ex, cfg.prompt_style), task.target(ex, cfg.prompt_style),
+                                   cfg.max_length) for ex in tqdm(examples, desc="tokenizing", leave=False)]
+
+
+def train(cfg: C.RunConfig, resume=False, overwrite=False):
+    run_dir = cfg.run_dir
+    if (run_dir / "adapter" / "adapter_config.json").is_file() and not overwrite:
+        raise SystemExit(f"run {cfg.name!r} is already finished ({run_dir / 'adapter'}); "
+                         f"pass --overwrite to train it again")
+    ckpt = run_dir / "checkpoint"
+    if (ckpt / "state.pt").is_file() and not (resume or overwrite):
+        raise SystemExit(f"run {cfg.name!r} has a checkpoint at {ckpt}; pass --resume to continue it "
+                         f"or --overwrite to start over")
+    task = data.load_task(cfg.task)
+    device, dtype = C.device_and_dtype(cfg)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device,
+                                         trust_remote_code=cfg.trust_remote_code)
+    adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
+                    lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend=cfg.attn_backend, seed=cfg.seed)
+    n_trainable = adapters.count_trainable(model)
+    print(f"{cfg.name}: {cfg.method} on {cfg.model} ({device}, {dtype}), trainable params: {n_trainable:,}")
+    if cfg.method == "base":
+        print("method 'base' has nothing to train; run evaluate.py")
+        return None
+    features = build_features(cfg, task, tokenizer)
+    steps_per_epoch = math.ceil(len(features) / (cfg.batch_size * cfg.grad_accum))
+    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import get_scheduler
+    scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    step, log = 0, []
+    if resume and (ckpt / "state.pt").is_file():
+        step, log = load_checkpoint(model, optimizer, scheduler, ckpt)
+        print(f"resumed from {ckpt} at step {step}/{total_steps}")
+    C.write_json_atomic(run_dir / "config.json", C.provenance(cfg))
+
+    stop = {"signal": None}
+    def on_signal(signum, frame):  # finish the step in flight, save, exit: no lost work
+        stop["signal"] = signum
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    model.train()
+    micro = cfg.batch_size
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.name}")
+    start = time.time()
+    try:
+        while step < total_steps:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            batches = batch_order(len(features), micro, epoch, cfg.seed)
+            group = batches[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
+            n_tokens = sum(sum(l != -100 for l in features[i][1]) for b in group for i in b)
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for b in group:
+                ids, mask, labels = (t.to(device) for t in collate([features[i] for i in b], tokenizer.pad_token_id))
+                loss = answer_loss(model, ids, mask, labels)
+                # weight each micro-batch by its answer tokens: accumulation equals one big batch
+                weight = (labels[:, 1:] != -100).sum().item() / n_tokens
+                (loss * weight).backward()
+                total += loss.item() * weight
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+            if not (math.isfinite(total) and math.isfinite(grad_norm)):
+                raise SystemExit(f"non-finite loss ({total}) or gradient norm ({grad_norm}) at step {step + 1}; "
+                                 f"last good checkpoint: {ckpt if (ckpt / 'state.pt').is_file() else 'none'}")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            log.append(dict(step=step, loss=total, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm))
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.3f}")
+            if step % cfg.save_every == 0 or stop["signal"] is not None:
+                save_checkpoint(model, optimizer, scheduler, step, ckpt, log)
+            if stop["signal"] is not None:
+                raise SystemExit(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {ckpt}; "
+                                 f"continue with --resume")
+    finally:
+        bar.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    elapsed = time.time() - start
+    save_checkpoint(model, optimizer, scheduler, step, ckpt, log)
+    adapters.save_adapter(model, run_dir / "adapter", extra=dict(run=cfg.name, base_model=cfg.model))
+    summary = dict(C.provenance(cfg), steps=step, train_examples=len(features), trainable_params=n_trainable,
+                   seconds=elapsed, final_loss=log[-1]["loss"] if log else None, log=log)
+    if device.type == "cuda":
+        summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    C.write_json_atomic(run_dir / "train_log.json", summary)
+    print(f"saved adapter to {run_dir / 'adapter'} after {step} steps in {elapsed:.0f}s")
+    return run_dir / "adapter"
+
+
+def dry_run(cfg: C.RunConfig):
+    """Build the model on the meta device and report the trainable parameter count."""
+    print(C.to_json(cfg))
+    model = models.meta_model(cfg.model)
+    adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
+                    lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend="torch")
+    print(f"trainable params: {adapters.count_trainable(model):,}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a run name of runs.yaml")
+    parser.add_argument("--runs-file", default=str(C.RUNS_FILE))
+    parser.add_argument("--dry-run", action="store_true", help="print config and trainable params, then exit")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
+    C.add_override_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = C.get_run(args.run, C.overrides_from_args(args), args.runs_file)
+        if args.dry_run:
+            return dry_run(cfg)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
