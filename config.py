@@ -35,6 +35,7 @@ class RunConfig:
     eval_languages: list[str] | None = None  # None: every language of the task
     eval_samples: int | None = 1000     # per language; None: all
     eval_subset: str | None = None      # e.g. held-out articles, see data.py
+    eval_split: str | None = None       # None: the task's default split (XNLI: test, as the paper)
     prompt_style: str = "paper"
     lr: float = 3e-3
     epochs: float = 2.0
@@ -174,6 +175,11 @@ def get_run(name: str, overrides: dict | None = None, path=RUNS_FILE) -> RunConf
 def _parse_value(text: str, tp):
     """Parse one command-line value for a field of annotation `tp`, via YAML's scalars."""
     value = yaml.safe_load(text) if text.strip() else None
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string; a number is meant
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and value.lower() in ("none", "null"):
         value = None
     if _check_type(value, tp):

@@ -75,6 +75,7 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
 
 
 def evaluate_language(model, tokenizer, task, cfg, lang, device):
+    torch.manual_seed(cfg.seed)  # sampled generation is repeatable per language, resumed or not
     examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, n=cfg.eval_samples, seed=cfg.seed)
     prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
     records = []
@@ -138,6 +139,8 @@ def main(argv=None):
     try:
         cfg = C.get_run(args.run, C.overrides_from_args(args), args.runs_file)
         task = data.load_task(cfg.task)
+        if cfg.eval_split:
+            task.eval_split = cfg.eval_split
         languages = cfg.eval_languages or list(task.languages)
         data.check_languages(task, languages)
         adapter_dir = cfg.run_dir / "adapter"
