@@ -117,16 +117,33 @@ AttentionMaskInterface.register("xprefix", sdpa_mask)  # bool (B, 1, M, N), or N
 
 
 class SoftPrompt(nn.Module):
-    """n learnable input embeddings, prepended by hooks on the decoder stack (`model.model`).
+    """n learnable input embeddings, inserted by hooks on the decoder stack (`model.model`).
 
-    The forward pre-hook prepends the prompt at the first (prefill) call and shifts masks and
-    positions on cached decoding steps; the forward hook drops the prompt's positions from the
-    output, so logits line up with the caller's input_ids and labels as if nothing were there.
+    The prompt goes right before each row's first real token: in front for unpadded or right-padded
+    rows, after the padding for left-padded ones, so a batch stays left-padded (what the fused
+    kernel's per-row key start expects) and positions run on from the prompt into the text. The
+    forward pre-hook inserts it at the first (prefill) call and widens masks and positions on
+    cached decoding steps; the forward hook drops the prompt's positions from the output, so
+    logits line up with the caller's input_ids and labels as if nothing were there.
     """
 
     def __init__(self, init: torch.Tensor):
         super().__init__()
         self.prompt = nn.Parameter(init.detach().clone().float())  # (P, hidden)
+
+    def _layout(self, mask, batch, length, device):
+        """Per-row first real token, and for each of the length + P new columns: is it a prompt
+        column, and which old column (or prompt row) does it come from."""
+        n = self.prompt.shape[0]
+        first = mask.long().argmax(-1)[:, None] if mask is not None else torch.zeros(batch, 1, dtype=torch.long,
+                                                                                      device=device)
+        col = torch.arange(length + n, device=device)[None]  # (1, T + P)
+        in_prompt = (col >= first) & (col < first + n)  # (B, T + P)
+        source = torch.where(col < first, col, col - n).clamp(0, max(length - 1, 0))
+        return first, in_prompt, source
+
+    def _widen_mask(self, mask, in_prompt, source):
+        return torch.where(in_prompt, torch.ones_like(source), mask.gather(1, source)).to(mask.dtype)
 
     def pre_hook(self, decoder, args, kwargs):
         input_ids = kwargs.pop("input_ids", args[0] if args else None)
@@ -137,36 +154,41 @@ class SoftPrompt(nn.Module):
         if cache is not None and cache.get_seq_length() > 0:  # decoding: the prompt is in the cache
             kwargs["input_ids"] = input_ids
             if mask is not None:
-                kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], n), mask], -1)
+                _, in_prompt, source = self._layout(mask, mask.shape[0], mask.shape[1], mask.device)
+                kwargs["attention_mask"] = self._widen_mask(mask, in_prompt, source)
             if positions is not None:
                 kwargs["position_ids"] = positions + n
             if kwargs.get("cache_position") is not None:
                 kwargs["cache_position"] = kwargs["cache_position"] + n
-            self._prefill = False
+            self._keep = None
             return (), kwargs
         if embeds is None:
             embeds = decoder.embed_tokens(input_ids)
-        batch = embeds.shape[0]
-        prompt = self.prompt.to(embeds.dtype)[None].expand(batch, -1, -1)  # (B, P, hidden)
-        kwargs["inputs_embeds"] = torch.cat([prompt, embeds], 1)
+        batch, length, hidden = embeds.shape
+        first, in_prompt, source = self._layout(mask, batch, length, embeds.device)
+        prompt_rows = self.prompt.to(embeds.dtype)[(torch.arange(length + n, device=embeds.device)[None] - first)
+                                                    .clamp(0, n - 1)]  # (B, T + P, hidden)
+        text = embeds.gather(1, source[..., None].expand(-1, -1, hidden))  # (B, T + P, hidden)
+        kwargs["inputs_embeds"] = torch.where(in_prompt[..., None], prompt_rows, text)
         if mask is not None:
-            mask = torch.cat([mask.new_ones(batch, n), mask], -1)
+            mask = self._widen_mask(mask, in_prompt, source)
             kwargs["attention_mask"] = mask
-            # positions from the extended mask: prompt 0..P-1, then the text right after it even
-            # when left padding sits in between (pads are masked, their positions don't matter)
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         elif positions is not None:
             kwargs["position_ids"] = torch.cat([torch.arange(n, device=embeds.device).expand(positions.shape[0], n),
                                                 positions + n], -1)
         if kwargs.get("cache_position") is not None:
-            kwargs["cache_position"] = torch.arange(embeds.shape[1] + n, device=embeds.device)
-        self._prefill = True
+            kwargs["cache_position"] = torch.arange(length + n, device=embeds.device)
+        col = torch.arange(length, device=embeds.device)[None]
+        self._keep = torch.where(col < first, col, col + n)  # (B, T): the text's columns in the output
         return (), kwargs
 
     def hook(self, decoder, args, kwargs, output):
-        if getattr(self, "_prefill", False):
-            output.last_hidden_state = output.last_hidden_state[:, self.prompt.shape[0]:]
-        self._prefill = False
+        keep = getattr(self, "_keep", None)
+        if keep is not None:
+            h = output.last_hidden_state
+            output.last_hidden_state = h.gather(1, keep[..., None].expand(-1, -1, h.shape[-1]))
+        self._keep = None
         return output
 
 

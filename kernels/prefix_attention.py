@@ -105,11 +105,12 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
                 stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
                 stride_pvb, stride_pvh, stride_pvn, stride_ob, stride_oh, stride_om,
                 H, M, N, P, qk_scale,
-                GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                GROUP, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, CAUSAL: tl.constexpr,
                 IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_KEY_START: tl.constexpr,
                 DOT_PRECISION: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+    # the last query blocks see the most keys under causal masking: schedule them first
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
@@ -162,7 +163,7 @@ def _bwd_preprocess(Q, PK, PV, TanhGate, Out, DO, LSEP, Delta, DotP,
                     stride_qb, stride_qh, stride_qm, stride_pkb, stride_pkh, stride_pkn,
                     stride_pvb, stride_pvh, stride_pvn, stride_ob, stride_oh, stride_om,
                     stride_dob, stride_doh, stride_dom, H, M, P, qk_scale,
-                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                    GROUP, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_P: tl.constexpr, IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     """Delta = rowsum(dO * O) for the softmax backward. In gated mode the output is
@@ -240,11 +241,11 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, Do
                    stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
                    stride_pvb, stride_pvh, stride_pvn, stride_dob, stride_doh, stride_dom,
                    stride_dqb, stride_dqh, stride_dqm, H, M, N, P, qk_scale, sm_scale,
-                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                   GROUP, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, CAUSAL: tl.constexpr,
                    IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_KEY_START: tl.constexpr,
                    DOT_PRECISION: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # longest blocks first
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
@@ -327,7 +328,7 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
                      stride_pvb, stride_pvh, stride_pvn, stride_dob, stride_doh, stride_dom,
                      stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
                      H_KV, M, N, P, n_prefix_blocks, qk_scale, sm_scale,
-                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                     GROUP, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, IS_GATED: tl.constexpr,
                      HAS_KEY_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Grid (n_prefix_blocks + cdiv(N, BLOCK_N), B * H_kv). The prefix programs come first because
@@ -402,3 +403,229 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
         dv_ptrs = DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
         tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
         tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher and autograd Function
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_HEAD_DIMS = (16, 32, 64, 128)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _last_contiguous(x):
+    # the kernels index the head dimension with unit stride; any other layout is copied once
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start):
+    """Raise ValueError naming the argument for anything a caller could get wrong."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a 4-d tensor (B, H, seq, D), got "
+                             f"{getattr(x, 'shape', type(x))}")
+    B, Hq, M, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k and v must both be (B={B}, H_kv, N, D={D}), got k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    Hkv, N = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"q's head count {Hq} must be a multiple of k/v's head count {Hkv}")
+    if M < 1 or N < M:
+        raise ValueError(f"need 1 <= M <= N (queries M={M}, keys N={N}); queries are the last M "
+                         "positions of the key sequence")
+    if D not in _HEAD_DIMS:
+        raise ValueError(f"head dim D={D} not supported; accepted: {_HEAD_DIMS}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"q has dtype {q.dtype}; accepted: {_DTYPES}")
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and _interpreting()):
+        raise ValueError(f"q is on {q.device}; the kernels need a CUDA tensor (CPU tensors only "
+                         "with TRITON_INTERPRET=1)")
+    if (prefix_k is None) != (prefix_v is None):
+        raise ValueError("prefix_k and prefix_v must both be given or both be None")
+    if gate is not None and prefix_k is None:
+        raise ValueError("gated mode (gate given) needs prefix_k and prefix_v")
+    named = [("k", k), ("v", v)]
+    if prefix_k is not None:
+        for name, x in (("prefix_k", prefix_k), ("prefix_v", prefix_v)):
+            if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
+                raise ValueError(f"{name} must be (H_kv, P, D) or (B, H_kv, P, D), got "
+                                 f"{getattr(x, 'shape', type(x))}")
+        if prefix_k.shape != prefix_v.shape:
+            raise ValueError(f"prefix_k {tuple(prefix_k.shape)} and prefix_v "
+                             f"{tuple(prefix_v.shape)} must have the same shape")
+        ok = (prefix_k.shape[-3] == Hkv and prefix_k.shape[-1] == D
+              and (prefix_k.dim() == 3 or prefix_k.shape[0] == B))
+        if not ok:
+            raise ValueError(f"prefix_k/prefix_v must be ({Hkv}, P, {D}) or ({B}, {Hkv}, P, {D}), "
+                             f"got {tuple(prefix_k.shape)}")
+        named += [("prefix_k", prefix_k), ("prefix_v", prefix_v)]
+    for name, x in named:
+        if x.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but q has {q.dtype}; all must match")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    if gate is not None:
+        if not isinstance(gate, torch.Tensor) or gate.shape != (Hq,) or not gate.is_floating_point():
+            raise ValueError(f"gate must be a float tensor of shape ({Hq},) (one raw gate per query "
+                             f"head), got {getattr(gate, 'shape', type(gate))}")
+        if gate.device != q.device:
+            raise ValueError(f"gate is on {gate.device} but q is on {q.device}")
+    if key_start is not None:
+        if (not isinstance(key_start, torch.Tensor) or key_start.shape != (B,)
+                or key_start.dtype not in (torch.int32, torch.int64)):
+            raise ValueError(f"key_start must be an int32/int64 tensor of shape ({B},), got "
+                             f"{getattr(key_start, 'dtype', type(key_start))} "
+                             f"{getattr(key_start, 'shape', '')}")
+        if key_start.device != q.device:
+            raise ValueError(f"key_start is on {key_start.device} but q is on {q.device}")
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim, set by the sweep in
+# benchmarks/bench_attention.py --sweep (which may override them through _TUNE for its own runs)
+_TUNE = {}
+
+
+def _blocks(D, dtype):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for forward, dq, dk/dv. Fixed choices rather than
+    autotuning, to keep compile time down and runs reproducible."""
+    if _interpreting():  # numpy executes whole tiles; small tiles still exercise the edge logic
+        return (32, 32, 1, 1), (32, 32, 1, 1), (32, 32, 1, 1)
+    if dtype == torch.float32 or D <= 32:
+        # fp32 is for tests only; small head dims crashed ptxas (3.6) in the dq kernel with the
+        # pipelined large-tile configs, so tiny test models get small unpipelined tiles
+        return (64, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)
+    # fastest of a small sweep on an H100 (bf16, N=4096, joint; benchmarks/RESULTS.md)
+    if D == 128:
+        defaults = (128, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2)
+    else:
+        defaults = (128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3)
+    fwd = _TUNE.get(("fwd", D), defaults[0])
+    dq = _TUNE.get(("dq", D), defaults[1])
+    dkdv = _TUNE.get(("dkdv", D), defaults[2])
+    return fwd, dq, dkdv
+
+
+def _prefix_strides(x):
+    # shared prefixes (H_kv, P, D) are read with batch stride 0
+    return (0,) + tuple(x.stride()[:2]) if x.dim() == 3 else tuple(x.stride()[:3])
+
+
+class _PrefixAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale):
+        q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
+        B, Hq, M, D = q.shape
+        Hkv, N = k.shape[1], k.shape[2]
+        P = 0 if prefix_k is None else prefix_k.shape[-2]
+        has_prefix = P > 0
+        if has_prefix:
+            pk, pv = _last_contiguous(prefix_k), _last_contiguous(prefix_v)
+        else:  # any valid pointer; the prefix loops run zero times
+            pk, pv = k, v
+        is_gated = gate is not None
+        tanh_gate = gate.detach().float().tanh().contiguous() if is_gated else q.new_empty(1, dtype=torch.float32)
+        ks = key_start.contiguous() if key_start is not None else q.new_zeros(1, dtype=torch.int32)
+        scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        (bm, bn, warps, stages), _, _ = _blocks(D, q.dtype)
+        block_p = min(64, max(16, triton.next_power_of_2(max(P, 1))))
+
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32)
+        lse_p = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32) if is_gated else lse
+        pk_s, pv_s = _prefix_strides(pk), _prefix_strides(pv)
+        grid = (triton.cdiv(M, bm), B * Hq)
+        _fwd_kernel[grid](
+            q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *out.stride()[:3],
+            Hq, M, N, P, scale * LOG2E,
+            GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=block_p, CAUSAL=causal,
+            IS_GATED=is_gated, HAS_PREFIX=has_prefix, HAS_KEY_START=key_start is not None,
+            DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
+
+        ctx.save_for_backward(q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p)
+        ctx.cfg = dict(causal=causal, scale=scale, P=P, is_gated=is_gated, block_p=block_p,
+                       has_key_start=key_start is not None, precision=precision,
+                       shared_prefix=prefix_k is not None and prefix_k.dim() == 3,
+                       prefix_shape=None if prefix_k is None else prefix_k.shape,
+                       prefix_dtype=None if prefix_k is None else prefix_k.dtype,
+                       gate_dtype=None if gate is None else gate.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p = ctx.saved_tensors
+        c = ctx.cfg
+        dout = _last_contiguous(dout)
+        B, Hq, M, D = q.shape
+        Hkv, N = k.shape[1], k.shape[2]
+        P, has_prefix, is_gated = c["P"], c["P"] > 0, c["is_gated"]
+        (_, _, _, _), (bm_q, bn_q, w_q, s_q), (bm_k, bn_k, w_k, s_k) = _blocks(D, q.dtype)
+        pk_s, pv_s = _prefix_strides(pk), _prefix_strides(pv)
+        qk_scale = c["scale"] * LOG2E
+        common = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_GATED=is_gated, DOT_PRECISION=c["precision"])
+
+        delta = torch.empty_like(lse)
+        dot_p = torch.empty_like(lse) if is_gated else delta
+        _bwd_preprocess[(triton.cdiv(M, bm_q), B * Hq)](
+            q, pk, pv, tanh_gate, out, dout, lse_p, delta, dot_p,
+            *q.stride()[:3], *pk_s, *pv_s, *out.stride()[:3], *dout.stride()[:3], Hq, M, P, qk_scale,
+            BLOCK_M=bm_q, BLOCK_P=c["block_p"], HAS_PREFIX=has_prefix, **common)
+
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        _bwd_dq_kernel[(triton.cdiv(M, bm_q), B * Hq)](
+            q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dq,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
+            *dq.stride()[:3], Hq, M, N, P, qk_scale, c["scale"],
+            BLOCK_M=bm_q, BLOCK_N=bn_q, BLOCK_P=c["block_p"], CAUSAL=c["causal"],
+            HAS_PREFIX=has_prefix, HAS_KEY_START=c["has_key_start"], num_warps=w_q, num_stages=s_q,
+            **common)
+
+        dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+        dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+        n_pblocks = triton.cdiv(P, bn_k)
+        dpk_part = torch.empty((B, Hkv, P, D), device=q.device, dtype=torch.float32)  # (B, H_kv, P, D)
+        dpv_part = torch.empty_like(dpk_part)
+        _bwd_dkdv_kernel[(n_pblocks + triton.cdiv(N, bn_k), B * Hkv)](
+            q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dk, dv, dpk_part, dpv_part,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
+            *dk.stride()[:3], *dv.stride()[:3], Hkv, M, N, P, n_pblocks, qk_scale, c["scale"],
+            BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=c["causal"], HAS_KEY_START=c["has_key_start"],
+            num_warps=w_k, num_stages=s_k, **common)
+
+        dpk = dpv = dg = None
+        if c["prefix_shape"] is not None:
+            if c["shared_prefix"]:  # summed over the batch in a fixed order: deterministic
+                dpk_part, dpv_part = dpk_part.sum(0), dpv_part.sum(0)  # (H_kv, P, D)
+            dpk = dpk_part.to(c["prefix_dtype"]).reshape(c["prefix_shape"])
+            dpv = dpv_part.to(c["prefix_dtype"]).reshape(c["prefix_shape"])
+        if is_gated:
+            # out = O_seq + tanh(g) O_prefix, so dL/dg = (1 - tanh(g)^2) * sum_{b, m} dO . O_prefix
+            dg = ((1.0 - tanh_gate * tanh_gate) * dot_p.sum(dim=(0, 2))).to(c["gate_dtype"])  # (Hq,)
+        return dq, dk, dv, dpk, dpv, dg, None, None, None
+
+
+def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal=True, scale=None,
+                     key_start=None):
+    """Attention of q over learned prefix keys/values and the sequence's keys, in one fused kernel.
+
+    Args:
+        q: (B, Hq, M, D) queries, the last M positions of the key sequence.
+        k, v: (B, Hkv, N, D) sequence keys/values, N >= M, Hq a multiple of Hkv (GQA by index).
+        prefix_k, prefix_v: (Hkv, P, D) shared by the batch, or (B, Hkv, P, D); both or neither.
+        gate: None for joint mode (one softmax over prefix and sequence keys, prefix tuning), or the
+            raw LLaMA-Adapter gate g of shape (Hq,): out = attn_seq + tanh(g) * attn_prefix.
+        causal: query i sees sequence keys j <= i + N - M; False lets every query see every key.
+        scale: score scale, default 1/sqrt(D).
+        key_start: (B,) int tensor, first valid sequence key per batch row (left padding); keys
+            before it are masked, prefix keys never are. A row with nothing to attend to gives 0.
+
+    Returns:
+        (B, Hq, M, D) tensor in q's dtype.
+    """
+    _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start)
+    return _PrefixAttention.apply(q, k, v, prefix_k, prefix_v, gate, key_start, bool(causal), scale)
