@@ -129,6 +129,15 @@ def tables(rows: dict, languages, metric):
     return out.getvalue(), "\n".join(md)
 
 
+def group_table(table: dict) -> str:
+    """Markdown of {row: {group: value}}: groups as columns, like the paper's Tables 3-4."""
+    names = sorted({g for values in table.values() for g in values})
+    lines = ["| method | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    lines += [f"| {row} | " + " | ".join(f"{values[g]:.1f}" if g in values else "-" for g in names) + " |"
+              for row, values in table.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
@@ -168,12 +177,15 @@ def main(argv=None):
 
     metric = task.primary_metric
     csv_text, md = tables(rows, languages, metric)
+    groups = {by: {r: data.group_averages({l: res[l]["metrics"][metric] for l in languages}, by)
+                   for r, res in rows.items()} for by in ("script", "family", "resource")}
     summary = dict(meta, task=cfg.task, metric=metric, languages=languages,
-                   rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()})
+                   rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()}, groups=groups)
     C.write_json_atomic(cfg.run_dir / "results.json", summary)
     (cfg.run_dir / "results.csv").write_text(csv_text)
-    (cfg.run_dir / "results.md").write_text(f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n")
-    print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\nwritten to {cfg.run_dir}")
+    grouped = "\n\n".join(f"By {by}:\n\n{group_table(table)}" for by, table in groups.items())
+    (cfg.run_dir / "results.md").write_text(f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n\n{grouped}\n")
+    print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\n{grouped}\n\nwritten to {cfg.run_dir}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def test_train_then_evaluate(tmp_path, tiny_model_dir, shared_data, method):
             accuracy = 100 * sum(p["correct"] for p in per_lang["predictions"]) / 10
             assert per_lang["metrics"]["accuracy"] == accuracy == results["rows"][row][lang]["accuracy"]
     assert per_lang["adapter_sha256"] and per_lang["config"]["name"] == "tiny"
+    en_de = [results["rows"][method][lang]["accuracy"] for lang in ("en", "de")]
+    assert results["groups"]["script"][method] == {"Latn": sum(en_de) / 2}  # both Latin script
     md = (run_dir / "results.md").read_text()
     assert "| method | en | de | avg |" in md and f"| {method} |" in md
     assert (run_dir / "results.csv").read_text().startswith("method,en,de,avg")
