@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig, MistralConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig
 
 CACHE_DIR = Path(os.environ.get("XPREFIX_CACHE", Path.home() / ".cache" / "xprefix"))
 
@@ -100,6 +100,7 @@ def _gguf_cache(name: str) -> Path:
     src = Path(found.submodule_search_locations[0])
     print(f"converting {src / spec.gguf_file} to {out} (once)")
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
+    from transformers import GgufConfig  # only here: older transformers lack it, and only GGUF needs it
     # dequantize: we train through these weights, so they must be plain dense tensors
     model = AutoModelForCausalLM.from_pretrained(
         src, gguf_file=spec.gguf_file, dtype=torch.float32,
@@ -118,11 +119,16 @@ def _gguf_cache(name: str) -> Path:
 def load_model(name: str, dtype=torch.float32, device="cpu", trust_remote_code=False):
     """Load model and tokenizer. The tokenizer pads on the left, for batched generation."""
     path = resolve(name)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        # a folder with a config.json but no weights, a corrupt config, an unknown architecture or
+        # hub id: transformers says which in its message; we add which model it was
+        raise ValueError(f"model {name!r} ({path}) could not be loaded: {e}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.to(device), tokenizer
 
 
