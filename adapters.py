@@ -360,20 +360,44 @@ def save_adapter(model, path, extra=None):
     tmp.replace(path / "adapter_config.json")
 
 
-def load_adapter(model, path, attn_backend="auto"):
-    """Attach the adapter saved at `path` to `model` and load its weights; checks it fits."""
+def read_adapter_config(model, path, method=None):
+    """The adapter config at `path`, checked against `model`'s shape and, if given, `method`.
+
+    Every way an adapter folder can be wrong (missing, corrupt JSON, another model, another method)
+    is a ValueError naming the folder, so callers can check it before any long work.
+    """
     path = Path(path)
-    if not (path / "adapter_config.json").is_file():
+    if not (path / "adapter_config.json").is_file() or not (path / "adapter.safetensors").is_file():
         raise ValueError(f"{path} holds no adapter (expected adapter_config.json and adapter.safetensors)")
-    config = json.loads((path / "adapter_config.json").read_text())
-    want, have = config["model"], _shape_signature(model)
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+        missing = {"model", "method", "n_prefix_tokens", "n_adapted_layers", "lora_rank", "lora_alpha"} - set(config)
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+        want, saved_method = config["model"], config["method"]
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"adapter {path}: adapter_config.json is corrupt ({type(e).__name__}: {e}); "
+                         f"expected the JSON that save_adapter writes") from None
+    have = _shape_signature(model)
     if want != have:
         diff = {k: (want.get(k), have.get(k)) for k in want if want.get(k) != have.get(k)}
         raise ValueError(f"adapter {path} was trained on another model shape: (adapter, model) = {diff}")
+    if method is not None and saved_method != method:
+        raise ValueError(f"adapter {path} is a {saved_method!r} adapter, but the run's method is {method!r}")
+    return config
+
+
+def load_adapter(model, path, attn_backend="auto", method=None):
+    """Attach the adapter saved at `path` to `model` and load its weights; checks it fits."""
+    path = Path(path)
+    config = read_adapter_config(model, path, method)
+    try:  # read the tensors before attaching, so a corrupt file leaves the model untouched
+        tensors = load_file(str(path / "adapter.safetensors"))
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) on a torn file
+        raise ValueError(f"adapter {path}: adapter.safetensors is unreadable ({e})") from None
     attach(model, config["method"], n_prefix_tokens=config["n_prefix_tokens"],
            n_adapted_layers=config["n_adapted_layers"], lora_rank=config["lora_rank"],
            lora_alpha=config["lora_alpha"], attn_backend=attn_backend)
-    tensors = load_file(str(path / "adapter.safetensors"))
     params = dict(model.named_parameters())
     expected = set(trainable_state_dict(model))
     if set(tensors) != expected:

@@ -54,6 +54,7 @@ class RunConfig:
     dtype: str = "auto"                 # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     seed: int = 0
     save_every: int = 200               # checkpoint every N optimizer steps
+    skip_nonfinite: bool = False        # skip (and log) a step with non-finite loss or gradients; else stop
     out_dir: str = "runs"
     trust_remote_code: bool = False
     description: str = ""
@@ -245,10 +246,14 @@ def provenance(cfg: RunConfig) -> dict:
                               transformers=transformers.__version__))
 
 
-def write_json_atomic(path, obj):
-    """Write JSON to a temporary file and rename it: readers never see half a file."""
+def write_text_atomic(path, text):
+    """Write to a temporary file and rename it: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False))

@@ -132,8 +132,26 @@ def _local(data_dir, relative, layout):
 
 
 def _read_jsonl(path):
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # JSONDecodeError
+                raise ValueError(f"{path} line {i} is not JSON ({e}); expected one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {i} is a {type(row).__name__}; expected one JSON object per line")
+            rows.append(row)
+    return rows
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def _hub(path, config, split):
@@ -416,7 +434,7 @@ class XQuAD(Task):
             rows = _hub_squad_rows(_hub("google/xquad", f"xquad.{lang}", "validation"), XQUAD_ARTICLE_SIZES)
         else:
             path = _local(data_dir, f"xquad/xquad.{lang}.json", "xquad/xquad.<lang>.json (SQuAD v1.1 JSON)")
-            rows = _squad_rows(json.loads(path.read_text(encoding="utf-8")))
+            rows = _squad_rows(_read_json(path))
         for r in rows:
             r["lang"] = lang
         return rows
@@ -438,7 +456,7 @@ class XQuAD(Task):
             rows = _hub_squad_rows(_hub("rajpurkar/squad", "plain_text", "train"))
         else:
             path = _local(data_dir, "squad/train.json", "squad/train.json (SQuAD v1.1 JSON, data[].paragraphs[].qas[])")
-            rows = _squad_rows(json.loads(path.read_text(encoding="utf-8")))
+            rows = _squad_rows(_read_json(path))
         for r in rows:
             r["lang"] = "en"
         return sample(rows, n, seed)
@@ -662,7 +680,7 @@ class MGSM(Task):
         if data_dir is None:
             return _hub("juletxara/mgsm", lang, "train")
         path = _local(data_dir, "mgsm/exemplars_train.json", "mgsm/exemplars_train.json: {lang: [{question, answer}]}")
-        return json.loads(path.read_text(encoding="utf-8"))[lang]
+        return _read_json(path)[lang]
 
     def train_examples(self, data_dir=None, source=None, n=None, seed=0):
         """GSM8K train problems.

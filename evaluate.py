@@ -25,6 +25,16 @@ import data
 import models
 
 
+def _halve_on_oom(batch_size, n_in_batch):
+    """The batch size to retry with after running out of GPU memory on `n_in_batch` rows."""
+    if n_in_batch <= 1:
+        raise SystemExit("out of GPU memory with a batch of 1; use a smaller max_length or a larger GPU")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    tqdm.write(f"out of GPU memory with a batch of {n_in_batch}; continuing with {n_in_batch // 2}")
+    return n_in_batch // 2
+
+
 @torch.no_grad()
 def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device):
     """Sum of log-probabilities of each choice's tokens after its prompt: list of lists."""
@@ -32,7 +42,8 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device):
              for i, (p, cs) in enumerate(zip(prompts, choices)) for j, c in enumerate(cs)]
     order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
     scores = [[0.0] * len(cs) for cs in choices]
-    for start in range(0, len(order), batch_size):
+    start = 0
+    while start < len(order):
         chunk = [pairs[k] for k in order[start:start + batch_size]]
         length = max(len(p) + len(c) for _, _, p, c in chunk)
         ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -40,11 +51,18 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device):
         for row, (_, _, p, c) in enumerate(chunk):
             ids[row, :len(p) + len(c)] = torch.tensor(p + c)
             mask[row, :len(p) + len(c)] = 1
-        hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        try:
+            hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
+            hidden = None
+        if hidden is None:  # retry outside the except block, so the failed batch's tensors are freed first
+            batch_size = _halve_on_oom(batch_size, len(chunk))
+            continue
         for row, (i, j, p, c) in enumerate(chunk):
             # only the choice positions go through the LM head
             logits = model.lm_head(hidden[row, len(p) - 1:len(p) + len(c) - 1]).float()
             scores[i][j] = F.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=device)[:, None]).sum().item()
+        start += len(chunk)
     return scores
 
 
@@ -53,7 +71,8 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
     """Batched generation with left padding and a KV cache; returns the new text per prompt."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
+    start = 0
+    while start < len(order):
         idx = order[start:start + batch_size]
         encoded = [data.prompt_ids(tokenizer, prompts[i]) for i in idx]
         length = max(map(len, encoded))
@@ -63,14 +82,21 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
             ids[row, length - len(e):] = torch.tensor(e)
             mask[row, length - len(e):] = 1
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             stop_strings=list(stop) or None, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
-                             top_k=None, **sampling)
+        try:
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, stop_strings=list(stop) or None, tokenizer=tokenizer,
+                                 pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling)
+        except torch.OutOfMemoryError:
+            out = None
+        if out is None:  # retry outside the except block, so the failed batch's tensors are freed first
+            batch_size = _halve_on_oom(batch_size, len(idx))
+            continue
         for row, i in enumerate(idx):
             text = tokenizer.decode(out[row, length:], skip_special_tokens=True)
             for s in stop:  # generation stops after a stop string; the answer is what came before
                 text = text.split(s)[0]
             outputs[i] = text
+        start += len(idx)
     return outputs
 
 
@@ -98,12 +124,46 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device):
     return dict(language=lang, n=len(records), metrics=metrics, predictions=records)
 
 
+# What a language's result depends on. A cached result is reused only when all of these (and the
+# adapter's hash) match; batch size and attention backend change speed, not the answer.
+EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples", "prompt_style",
+                 "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
+
+
+def changed_settings(path, extra):
+    """{setting: (cached, now)} where the cached result at `path` differs from this evaluation."""
+    try:
+        cached = C.json.loads(path.read_text())
+        then = dict({k: cached["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=cached.get("adapter_sha256"))
+    except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
+        return {"file": ("unreadable or without its settings", "-")}
+    now = dict({k: extra["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"))
+    return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
+
+
+def check_cached(cfg, rows_extra, languages, overwrite):
+    """Refuse, before any work, to mix cached per-language results made with other settings (another
+    eval_samples, a retrained adapter) into this table, unless `overwrite` redoes them."""
+    stale = []
+    for row, extra in rows_extra.items():
+        for lang in languages:
+            path = cfg.run_dir / "eval" / row / f"{lang}.json"
+            if path.is_file() and (changed := changed_settings(path, extra)):
+                stale.append(f"{path}: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    if stale and not overwrite:
+        raise ValueError(f"{len(stale)} cached result(s) were computed with other settings; pass --overwrite to "
+                         f"evaluate them again:\n  " + "\n  ".join(stale))
+    for line in stale:
+        print(f"re-evaluating {line}")
+
+
 def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
-    """Evaluate one model (row of the table) in every language, resuming finished languages."""
+    """Evaluate one model (row of the table) in every language, resuming finished languages whose
+    settings match (check_cached has refused or approved the others)."""
     results = {}
     for lang in tqdm(languages, desc=f"eval {row}"):
         path = cfg.run_dir / "eval" / row / f"{lang}.json"
-        if path.is_file():
+        if path.is_file() and not changed_settings(path, extra):
             results[lang] = C.json.loads(path.read_text())
             continue
         start = time.time()
@@ -143,48 +203,63 @@ def main(argv=None):
     parser.add_argument("--run", required=True)
     parser.add_argument("--runs-file", default=str(C.RUNS_FILE))
     parser.add_argument("--no-base", action="store_true", help="skip the untrained base model's row")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-evaluate cached languages whose settings or adapter changed")
     C.add_override_args(parser)
     args = parser.parse_args(argv)
     try:
         cfg = C.get_run(args.run, C.overrides_from_args(args), args.runs_file)
-        task = data.load_task(cfg.task)
-        if cfg.eval_split:
-            task.eval_split = cfg.eval_split
-        languages = cfg.eval_languages or list(task.languages)
-        data.check_languages(task, languages)
-        adapter_dir = cfg.run_dir / "adapter"
-        if cfg.method != "base" and not (adapter_dir / "adapter_config.json").is_file():
-            raise ValueError(f"run {cfg.name!r} has no trained adapter at {adapter_dir}; "
-                             f"run `python train.py --run {cfg.name}` first")
-        device, dtype = C.device_and_dtype(cfg)
-        model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device,
-                                             trust_remote_code=cfg.trust_remote_code)
-    except (ValueError, FileNotFoundError) as e:
+        run(cfg, no_base=args.no_base, overwrite=args.overwrite)
+    except (ValueError, OSError) as e:  # bad input (ours say what and where) or an unreadable / unwritable path
         sys.exit(f"error: {e}")
+
+
+def run(cfg, no_base=False, overwrite=False):
+    task = data.load_task(cfg.task)
+    if cfg.eval_split:
+        task.eval_split = cfg.eval_split
+    languages = cfg.eval_languages or list(task.languages)
+    data.check_languages(task, languages)
+    if cfg.method == "full":
+        raise ValueError("evaluating full fine-tuning needs the saved full model; not supported yet")
+    adapter_dir = cfg.run_dir / "adapter"
+    if cfg.method != "base" and not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"run {cfg.name!r} has no trained adapter at {adapter_dir}; "
+                         f"run `python train.py --run {cfg.name}` first")
+    device, dtype = C.device_and_dtype(cfg)
+    model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
     meta = C.provenance(cfg)
-    rows = {}
-    if not args.no_base or cfg.method == "base":
-        adapters.set_attn_backend(model, cfg.attn_backend)
-        rows["base"] = evaluate_row(model, tokenizer, task, cfg, "base", languages, device, dict(meta, adapter=None))
+    rows_extra = {}
+    if not no_base or cfg.method == "base":
+        rows_extra["base"] = dict(meta, adapter=None, adapter_sha256=None)
+    adapter_sha256 = None
     if cfg.method != "base":
-        if cfg.method == "full":
-            raise SystemExit("evaluating full fine-tuning needs the saved full model; not supported yet")
-        adapters.load_adapter(model, adapter_dir, attn_backend=cfg.attn_backend)
+        # check the adapter (method, model shape) before spending time on the base row
+        adapters.read_adapter_config(model, adapter_dir, method=cfg.method)
+        adapter_sha256 = data.file_sha256(adapter_dir / "adapter.safetensors")
+        rows_extra[cfg.method] = dict(meta, adapter=str(adapter_dir), adapter_sha256=adapter_sha256)
+    check_cached(cfg, rows_extra, languages, overwrite)
+    rows = {}
+    if "base" in rows_extra:
+        adapters.set_attn_backend(model, cfg.attn_backend)
+        rows["base"] = evaluate_row(model, tokenizer, task, cfg, "base", languages, device, rows_extra["base"])
+    if cfg.method != "base":
+        adapters.load_adapter(model, adapter_dir, attn_backend=cfg.attn_backend, method=cfg.method)
         model.eval()
-        extra = dict(meta, adapter=str(adapter_dir), adapter_sha256=data.file_sha256(adapter_dir / "adapter.safetensors"))
-        rows[cfg.method] = evaluate_row(model, tokenizer, task, cfg, cfg.method, languages, device, extra)
+        rows[cfg.method] = evaluate_row(model, tokenizer, task, cfg, cfg.method, languages, device,
+                                        rows_extra[cfg.method])
 
     metric = task.primary_metric
     csv_text, md = tables(rows, languages, metric)
     groups = {by: {r: data.group_averages({l: res[l]["metrics"][metric] for l in languages}, by)
                    for r, res in rows.items()} for by in ("script", "family", "resource")}
-    summary = dict(meta, task=cfg.task, metric=metric, languages=languages,
+    summary = dict(meta, adapter_sha256=adapter_sha256, task=cfg.task, metric=metric, languages=languages,
                    rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()}, groups=groups)
     C.write_json_atomic(cfg.run_dir / "results.json", summary)
-    (cfg.run_dir / "results.csv").write_text(csv_text)
     grouped = "\n\n".join(f"By {by}:\n\n{group_table(table)}" for by, table in groups.items())
-    (cfg.run_dir / "results.md").write_text(f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n\n{grouped}\n")
+    C.write_text_atomic(cfg.run_dir / "results.csv", csv_text)
+    C.write_text_atomic(cfg.run_dir / "results.md", f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n\n{grouped}\n")
     print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\n{grouped}\n\nwritten to {cfg.run_dir}")
 
 

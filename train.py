@@ -10,6 +10,7 @@ save_every steps and on SIGINT/SIGTERM, written atomically), train_log.json, con
 """
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -54,18 +55,34 @@ def batch_order(n_examples, batch_size, epoch, seed):
     return [perm[i:i + batch_size] for i in range(0, n_examples, batch_size)]
 
 
-def save_checkpoint(model, optimizer, scheduler, step, path, log):
-    """Trainable tensors, optimizer, scheduler, step and RNG, written to a temp name then renamed."""
+def save_checkpoint(model, optimizer, scheduler, step, path, log, data_layout):
+    """Trainable tensors, optimizer, scheduler, step, data layout and RNG (CPU and CUDA), written to
+    a temp name, flushed to disk, then renamed: a kill or power cut at any moment leaves either the
+    previous checkpoint or this one, never a torn file."""
     path.mkdir(parents=True, exist_ok=True)
     state = dict(trainable=adapters.trainable_state_dict(model), optimizer=optimizer.state_dict(),
-                 scheduler=scheduler.state_dict(), step=step, log=log, rng=torch.get_rng_state())
+                 scheduler=scheduler.state_dict(), step=step, log=log, data_layout=data_layout,
+                 rng=torch.get_rng_state(),
+                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
     tmp = path / "state.pt.tmp"
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # rename only data that is on disk
     tmp.replace(path / "state.pt")
 
 
-def load_checkpoint(model, optimizer, scheduler, path):
-    state = torch.load(path / "state.pt", weights_only=True)  # weights_only: never unpickle code
+def load_checkpoint(model, optimizer, scheduler, path, data_layout):
+    """Restore what save_checkpoint wrote; returns (step, log). The batch at `step` follows from
+    the step and the data layout, so the layout must be the one the checkpoint was written with."""
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)  # weights_only: never unpickle code
+    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError for a bad file
+        raise ValueError(f"checkpoint {path / 'state.pt'} is unreadable ({type(e).__name__}: {e}); "
+                         f"pass --overwrite to start over") from None
+    if state.get("data_layout") != data_layout:
+        raise ValueError(f"checkpoint {path} was written with data layout {state.get('data_layout')}, this run has "
+                         f"{data_layout}; resuming would not see the same batches (pass --overwrite to start over)")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
@@ -73,6 +90,8 @@ def load_checkpoint(model, optimizer, scheduler, path):
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"], state["log"]
 
 
@@ -94,6 +113,8 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
         raise SystemExit(f"run {cfg.name!r} has a checkpoint at {ckpt}; pass --resume to continue it "
                          f"or --overwrite to start over")
     task = data.load_task(cfg.task)
+    if cfg.eval_languages:  # a typo here should fail now, not after hours of training
+        data.check_languages(task, cfg.eval_languages)
     device, dtype = C.device_and_dtype(cfg)
     torch.manual_seed(cfg.seed)
     model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device,
@@ -115,14 +136,19 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
     from transformers import get_scheduler
     scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
+    # what fixes the batch of every step: a resumed run must match it exactly
+    data_layout = dict(n_examples=len(features), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                       seed=cfg.seed)
     step, log = 0, []
     if resume and (ckpt / "state.pt").is_file():
-        step, log = load_checkpoint(model, optimizer, scheduler, ckpt)
+        step, log = load_checkpoint(model, optimizer, scheduler, ckpt, data_layout)
         print(f"resumed from {ckpt} at step {step}/{total_steps}")
     C.write_json_atomic(run_dir / "config.json", C.provenance(cfg))
 
     stop = {"signal": None}
     def on_signal(signum, frame):  # finish the step in flight, save, exit: no lost work
+        if stop["signal"] is not None:  # a second Ctrl-C: leave now; the last checkpoint stays whole
+            raise SystemExit(f"stopped by a second signal {signum}; last checkpoint: {ckpt}")
         stop["signal"] = signum
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -146,17 +172,24 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
                 (loss * weight).backward()
                 total += loss.item() * weight
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
-            if not (math.isfinite(total) and math.isfinite(grad_norm)):
+            finite = math.isfinite(total) and math.isfinite(grad_norm)
+            if not finite and not cfg.skip_nonfinite:
                 raise SystemExit(f"non-finite loss ({total}) or gradient norm ({grad_norm}) at step {step + 1}; "
-                                 f"last good checkpoint: {ckpt if (ckpt / 'state.pt').is_file() else 'none'}")
-            optimizer.step()
+                                 f"last good checkpoint: {ckpt if (ckpt / 'state.pt').is_file() else 'none'} "
+                                 f"(skip_nonfinite: true skips such steps instead)")
+            if finite:
+                optimizer.step()
+            else:  # skip_nonfinite: drop this batch's update; the step still counts, so the data order
+                # and the lr schedule do not shift, and a resumed run skips the same step
+                tqdm.write(f"step {step + 1}: non-finite loss ({total}) or gradient norm ({grad_norm}); skipped")
             scheduler.step()
             step += 1
-            log.append(dict(step=step, loss=total, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm))
+            log.append(dict(step=step, loss=total if finite else None, lr=scheduler.get_last_lr()[0],
+                            grad_norm=grad_norm if finite else None, **({} if finite else dict(skipped=True))))
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}")
             if step % cfg.save_every == 0 or stop["signal"] is not None:
-                save_checkpoint(model, optimizer, scheduler, step, ckpt, log)
+                save_checkpoint(model, optimizer, scheduler, step, ckpt, log, data_layout)
             if stop["signal"] is not None:
                 raise SystemExit(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {ckpt}; "
                                  f"continue with --resume")
@@ -165,14 +198,17 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
         for s, handler in old.items():
             signal.signal(s, handler)
     elapsed = time.time() - start
-    save_checkpoint(model, optimizer, scheduler, step, ckpt, log)
+    save_checkpoint(model, optimizer, scheduler, step, ckpt, log, data_layout)
     adapters.save_adapter(model, run_dir / "adapter", extra=dict(run=cfg.name, base_model=cfg.model))
+    skipped = [entry["step"] for entry in log if entry.get("skipped")]
     summary = dict(C.provenance(cfg), steps=step, train_examples=len(features), trainable_params=n_trainable,
-                   seconds=elapsed, final_loss=log[-1]["loss"] if log else None, log=log)
+                   seconds=elapsed, final_loss=log[-1]["loss"] if log else None, n_skipped_steps=len(skipped),
+                   skipped_steps=skipped, log=log)
     if device.type == "cuda":
         summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     C.write_json_atomic(run_dir / "train_log.json", summary)
-    print(f"saved adapter to {run_dir / 'adapter'} after {step} steps in {elapsed:.0f}s")
+    print(f"saved adapter to {run_dir / 'adapter'} after {step} steps in {elapsed:.0f}s"
+          + (f"; {len(skipped)} non-finite step(s) skipped: {skipped}" if skipped else ""))
     return run_dir / "adapter"
 
 
@@ -199,7 +235,7 @@ def main(argv=None):
         if args.dry_run:
             return dry_run(cfg)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input (ours say what and where) or an unreadable / unwritable path
         sys.exit(f"error: {e}")
 
 
