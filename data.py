@@ -28,6 +28,7 @@ The paper's prompt templates did not survive in its text, so style "paper" is ou
 "Field: value ... Answer:" template; every run in runs.yaml uses it. Style "harness" follows
 EleutherAI lm-evaluation-harness.
 """
+import contextlib
 import hashlib
 import json
 import random
@@ -763,9 +764,30 @@ def check_languages(task, languages):
         raise ValueError(f"{task.name} has no language(s) {', '.join(bad)}; valid: {', '.join(task.languages)}")
 
 
-def prompt_ids(tokenizer, prompt):
-    """Token ids of a prompt as the model sees it: with the tokenizer's special tokens (BOS)."""
-    return tokenizer(prompt)["input_ids"]
+@contextlib.contextmanager
+def schema_errors(task, data_dir):
+    """Turn a row without an expected field into one clear error instead of a KeyError."""
+    try:
+        yield
+    except KeyError as e:
+        raise ValueError(f"{task.name} data from {data_dir or 'the hub'} has a row without the field {e}; "
+                         f"rows must follow the hub schema (see the task's docstring in data.py)") from None
+
+
+def prompt_ids(tokenizer, prompt, room=None):
+    """Token ids of a prompt as the model sees it: with the tokenizer's special tokens (BOS).
+
+    Args:
+        room: the most tokens kept (None: all). A longer prompt loses tokens from the left, after
+            BOS, so the question and the answer cue at its end stay whole. Training and evaluation
+            cut the same way.
+    """
+    ids = tokenizer(prompt)["input_ids"]
+    if room is None or len(ids) <= room:
+        return ids
+    bos = tokenizer.bos_token_id
+    head = ids[:1] if bos is not None and ids[0] == bos and room > 1 else []
+    return head + ids[len(ids) - (room - len(head)):]
 
 
 def training_features(tokenizer, prompt, target, max_length):
@@ -780,16 +802,12 @@ def training_features(tokenizer, prompt, target, max_length):
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    prompt_part = prompt_ids(tokenizer, prompt)
     target_part = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(target_part)
     if room < 1:  # the first answer token needs at least one prompt token to be predicted from
         raise ValueError(f"target of {len(target_part)} tokens (with EOS) leaves no room for the prompt "
                          f"in max_length {max_length}")
-    if len(prompt_part) > room:
-        bos = tokenizer.bos_token_id
-        head = prompt_part[:1] if bos is not None and prompt_part[0] == bos and room > 1 else []
-        prompt_part = head + prompt_part[len(prompt_part) - (room - len(head)):]
+    prompt_part = prompt_ids(tokenizer, prompt, room)
     return prompt_part + target_part, [-100] * len(prompt_part) + target_part
 
 

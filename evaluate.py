@@ -36,10 +36,12 @@ def _halve_on_oom(batch_size, n_in_batch):
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device):
-    """Sum of log-probabilities of each choice's tokens after its prompt: list of lists."""
-    pairs = [(i, j, data.prompt_ids(tokenizer, p), tokenizer(c, add_special_tokens=False)["input_ids"])
-             for i, (p, cs) in enumerate(zip(prompts, choices)) for j, c in enumerate(cs)]
+def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_length=None):
+    """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. Prompts
+    are cut from the left to fit max_length with the choice, as training cuts them."""
+    encoded = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
+    pairs = [(i, j, data.prompt_ids(tokenizer, p, max_length and max(max_length - len(c), 1)), c)
+             for i, (p, cs) in enumerate(zip(prompts, encoded)) for j, c in enumerate(cs)]
     order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
     scores = [[0.0] * len(cs) for cs in choices]
     start = 0
@@ -67,14 +69,17 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop, do_sample, temperature, top_p):
-    """Batched generation with left padding and a KV cache; returns the new text per prompt."""
+def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop, do_sample, temperature, top_p,
+             max_length=None):
+    """Batched generation with left padding and a KV cache; returns the new text per prompt.
+    Prompts are cut from the left so prompt and answer fit max_length, as training cuts them."""
+    room = max_length and max(max_length - max_new_tokens, 1)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs = [None] * len(prompts)
     start = 0
     while start < len(order):
         idx = order[start:start + batch_size]
-        encoded = [data.prompt_ids(tokenizer, prompts[i]) for i in idx]
+        encoded = [data.prompt_ids(tokenizer, prompts[i], room) for i in idx]
         length = max(map(len, encoded))
         ids = torch.full((len(idx), length), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -102,12 +107,13 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
 
 def evaluate_language(model, tokenizer, task, cfg, lang, device):
     torch.manual_seed(cfg.seed)  # sampled generation is repeatable per language, resumed or not
-    examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, n=cfg.eval_samples, seed=cfg.seed)
-    prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
+    with data.schema_errors(task, cfg.data_dir):
+        examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, n=cfg.eval_samples, seed=cfg.seed)
+        prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
     records = []
     if task.kind == "choice":
         choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
-        scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device)
+        scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, cfg.max_length)
         for ex, s in zip(examples, scores):
             pred = max(range(len(s)), key=s.__getitem__)
             records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, logprobs=s,
@@ -116,7 +122,8 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device):
     else:
         do_sample = cfg.do_sample if cfg.do_sample is not None else getattr(task, "do_sample", False)
         texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device,
-                         cfg.max_new_tokens or task.max_new_tokens, task.stop, do_sample, cfg.temperature, cfg.top_p)
+                         cfg.max_new_tokens or task.max_new_tokens, task.stop, do_sample, cfg.temperature, cfg.top_p,
+                         cfg.max_length)
         for ex, text in zip(examples, texts):
             records.append(dict(id=ex.get("id"), prediction=text, **task.score(text, ex)))
         keys = [k for k in records[0] if k not in ("id", "prediction")] if records else []
@@ -126,7 +133,7 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device):
 
 # What a language's result depends on. A cached result is reused only when all of these (and the
 # adapter's hash) match; batch size and attention backend change speed, not the answer.
-EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples", "prompt_style",
+EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples", "prompt_style", "max_length",
                  "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
 
 

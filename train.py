@@ -96,11 +96,13 @@ def load_checkpoint(model, optimizer, scheduler, path, data_layout):
 
 
 def build_features(cfg, task, tokenizer):
-    examples = task.train_examples(cfg.data_dir, source=cfg.train_source, n=cfg.train_samples, seed=cfg.seed)
-    if not examples:
-        raise ValueError(f"run {cfg.name!r}: the training source gave no examples")
-    return [data.training_features(tokenizer, task.prompt(ex, cfg.prompt_style), task.target(ex, cfg.prompt_style),
-                                   cfg.max_length) for ex in tqdm(examples, desc="tokenizing", leave=False)]
+    with data.schema_errors(task, cfg.data_dir):
+        examples = task.train_examples(cfg.data_dir, source=cfg.train_source, n=cfg.train_samples, seed=cfg.seed)
+        if not examples:
+            raise ValueError(f"run {cfg.name!r}: the training source gave no examples")
+        return [data.training_features(tokenizer, task.prompt(ex, cfg.prompt_style),
+                                       task.target(ex, cfg.prompt_style), cfg.max_length)
+                for ex in tqdm(examples, desc="tokenizing", leave=False)]
 
 
 def train(cfg: C.RunConfig, resume=False, overwrite=False):

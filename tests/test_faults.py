@@ -267,6 +267,15 @@ def test_missing_and_malformed_data_files(tmp_path, tiny_model_dir, shared_data)
                                 eval_subset=None, eval_split=None), match=["xquad.en.json is not valid JSON"])
 
 
+def test_row_without_a_field_is_one_message(tmp_path, tiny_model_dir, shared_data):
+    data_dir = tmp_path / "data"
+    (data_dir / "xnli" / "en").mkdir(parents=True)
+    rows = (shared_data / "xnli" / "en" / "validation.jsonl").read_text().splitlines()
+    rows[0] = '{"hypothesis": "no premise here", "label": 0}'
+    (data_dir / "xnli" / "en" / "validation.jsonl").write_text("\n".join(rows))
+    fails(train.main, runs_file(tmp_path, tiny_model_dir, data_dir), match=["without the field 'premise'"])
+
+
 def test_folders_that_are_not_models(tmp_path, tiny_model_dir, shared_data):
     (tmp_path / "empty").mkdir()
     fails(train.main, runs_file(tmp_path, tmp_path / "empty", shared_data), match=["no config.json", "not a"])
