@@ -12,6 +12,7 @@ the first unfinished language. The table is written as results.json, results.csv
 import argparse
 import csv
 import io
+import json
 import sys
 import time
 
@@ -140,7 +141,7 @@ EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval
 def changed_settings(path, extra):
     """{setting: (cached, now)} where the cached result at `path` differs from this evaluation."""
     try:
-        cached = C.json.loads(path.read_text())
+        cached = json.loads(path.read_text())
         then = dict({k: cached["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=cached.get("adapter_sha256"))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
         return {"file": ("unreadable or without its settings", "-")}
@@ -171,7 +172,7 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
     for lang in tqdm(languages, desc=f"eval {row}"):
         path = cfg.run_dir / "eval" / row / f"{lang}.json"
         if path.is_file() and not changed_settings(path, extra):
-            results[lang] = C.json.loads(path.read_text())
+            results[lang] = json.loads(path.read_text())
             continue
         start = time.time()
         result = evaluate_language(model, tokenizer, task, cfg, lang, device)
