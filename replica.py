@@ -1,0 +1,136 @@
+"""The paper's comparison at small scale, with real weights: one command trains and evaluates it.
+
+    python replica.py                          # smollm2-135m and gemma3-270m, every task and method
+    python replica.py --models smollm2 --tasks xnli belebele
+    python replica.py --report-only            # rebuild the tables from finished runs
+
+For each model (SmolLM2-135M-Instruct, Gemma 3 270M), task (XNLI: all 15 languages; XQuAD: train
+on English articles 0-31, test articles 32-47 in all 12 languages; Belebele: the languages
+../shared/data holds) and method (base, soft prompt, prefix tuning, LLaMA-Adapter, LoRA r=4), it
+runs the runs.yaml entry `<method>_<task>_<model>`: `train.py --resume` unless the adapter is
+finished, then `evaluate.py` (which resumes per language). Every method is trained on English only.
+
+Writes to --out (default results/replica/): report.md (per-language tables, groups by script and
+family, PNG bars and heatmaps, from report.py), headline.md and headline.json (per model and
+task: average, English, non-English average and its change against the base model, per method),
+and timings.json (wall seconds of each train and evaluate command, with the device).
+"""
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import config as C
+import report
+
+ROOT = Path(__file__).resolve().parent
+MODELS = ("smollm2", "gemma3")
+TASKS = ("xnli", "xquad", "belebele")
+METHODS = ("base", "soft_prompt", "prefix", "adapter", "lora")
+ENGLISH = {"xnli": "en", "xquad": "en", "belebele": "eng_Latn"}
+
+
+def run_names(models, tasks):
+    return [f"{m}_{t}_{model}" for model in models for t in tasks for m in METHODS]
+
+
+def device_name():
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+
+
+def step(command, timings, key):
+    """Run one command; record its wall time. A failure stops the replica with the command shown."""
+    print("+", " ".join(command), flush=True)
+    start = time.time()
+    if subprocess.run(command, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}  (fix it, then rerun replica.py: finished work is kept)")
+    timings[key] = round(time.time() - start, 1)
+
+
+def run_one(name, cfg, timings):
+    if cfg.method != "base" and not (cfg.run_dir / "adapter" / "adapter_config.json").is_file():
+        step([sys.executable, "train.py", "--run", name, "--resume"], timings, f"{name}/train")
+    step([sys.executable, "evaluate.py", "--run", name] + ([] if cfg.method == "base" else ["--no-base"]),
+         timings, f"{name}/evaluate")
+
+
+def headline(names, runs_dir):
+    """{model: {task: {method: {avg, en, non_en, non_en_vs_base}}}} from finished runs."""
+    out = {}
+    for name in names:
+        results = report.load_results(runs_dir, name)
+        if results is None:
+            continue
+        method, task, model = name.split("_" + results["task"] + "_")[0], results["task"], name.rsplit("_", 1)[1]
+        values = report.scores(results, "base" if method == "base" else report.trained_row(results))
+        english = ENGLISH[task]
+        others = [v for lang, v in values.items() if lang != english]
+        out.setdefault(model, {}).setdefault(task, {})[method] = dict(
+            metric=results["metric"], avg=report.mean(values.values()), en=values.get(english),
+            non_en=report.mean(others), n_languages=len(values))
+    for tasks in out.values():
+        for methods in tasks.values():
+            base = methods.get("base", {}).get("non_en")
+            for row in methods.values():
+                row["non_en_vs_base"] = None if base is None or row["non_en"] is None else row["non_en"] - base
+    return out
+
+
+def render_headline(table):
+    fmt = report.fmt_number
+    lines = []
+    for model, tasks in table.items():
+        for task, methods in tasks.items():
+            metric = next(iter(methods.values()))["metric"]
+            lines += [f"### {model}, {task} ({metric}, {next(iter(methods.values()))['n_languages']} languages)", "",
+                      report.markdown_table(
+                          ["method", "avg", "English", "non-English avg", "non-English vs base"],
+                          [[report.METHOD_NAMES.get(m, m), fmt(r["avg"]), fmt(r["en"]), fmt(r["non_en"]),
+                            "" if r["non_en_vs_base"] is None else f"{r['non_en_vs_base']:+.1f}"]
+                           for m, r in methods.items()]), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--out", default=str(ROOT / "results" / "replica"))
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+    args = parser.parse_args(argv)
+    names = run_names(args.models, args.tasks)
+    configs = {name: C.get_run(name) for name in names}  # every entry checked before any work starts
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    if not args.report_only:
+        timings["device"] = device_name()
+        for name in names:
+            run_one(name, configs[name], timings)
+            C.write_json_atomic(timings_path, timings)
+    runs_dir = configs[names[0]].run_dir.parent
+    runs = report.Collector(runs_dir)
+    tables = report.tables_for_runs(names, runs, report.load_paper())
+    command = "python replica.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report.build_report(tables, runs, out / "report.md", "Small-scale replica: per-language results", command)
+    table = headline(names, runs_dir)
+    C.write_json_atomic(out / "headline.json", table)
+    C.write_text_atomic(out / "headline.md", f"# Small-scale replica: headline\n\nWritten by `{command}` on "
+                        f"{timings.get('device', 'an unrecorded device')}.\n\n" + render_headline(table))
+    print(f"wrote {out / 'report.md'} and {out / 'headline.md'}")
+
+
+if __name__ == "__main__":
+    main()
