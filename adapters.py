@@ -1,4 +1,4 @@
-"""The adaptation methods of the paper, attachable to any Hugging Face Llama or Mistral model.
+"""The adaptation methods of the paper, attachable to any Hugging Face Llama, Mistral or Gemma 3 model.
 
     model = AutoModelForCausalLM.from_pretrained(...)
     adapters.attach(model, "prefix", n_prefix_tokens=10, n_adapted_layers=30)
@@ -49,28 +49,36 @@ class PrefixState(nn.Module):
         self.gate = nn.Parameter(torch.zeros(n_heads)) if gated else None  # (Hq,)
 
     def keys_values(self, attn):
-        """Prefix keys and values through the layer's frozen projections: (Hkv, P, D) each."""
+        """Prefix keys and values through the layer's frozen projections: (Hkv, P, D) each. A layer
+        that normalises its keys per head (Gemma 3's k_norm, before rotary) normalises these too."""
         weight = attn.k_proj.weight
         prefix = self.prefix.to(weight.dtype)
         n_tokens, head_dim = prefix.shape[0], attn.head_dim
-        pk = attn.k_proj(prefix).view(n_tokens, -1, head_dim).transpose(0, 1)  # (Hkv, P, D)
-        pv = attn.v_proj(prefix).view(n_tokens, -1, head_dim).transpose(0, 1)  # (Hkv, P, D)
-        return pk, pv
+        pk = attn.k_proj(prefix).view(n_tokens, -1, head_dim)  # (P, Hkv, D)
+        if getattr(attn, "k_norm", None) is not None:
+            pk = attn.k_norm(pk)
+        pv = attn.v_proj(prefix).view(n_tokens, -1, head_dim)  # (P, Hkv, D)
+        return pk.transpose(0, 1), pv.transpose(0, 1)  # (Hkv, P, D) each
 
 
-def _causal_mask(m, n, device):
-    # query i (of the last m) sees key j <= i + n - m: right-aligned, so a KV-cache step works
-    return torch.ones(m, n, dtype=torch.bool, device=device).tril(diagonal=n - m)
+def _causal_mask(m, n, device, window=None):
+    # query i (of the last m) sees key j <= i + n - m: right-aligned, so a KV-cache step works;
+    # a sliding window also needs i + n - m - j < window
+    mask = torch.ones(m, n, dtype=torch.bool, device=device).tril(diagonal=n - m)
+    return mask if window is None else mask.triu(diagonal=n - m - window + 1)
 
 
-def torch_prefix_attention(query, key, value, prefix_k, prefix_v, gate, attention_mask, scaling, dropout=0.0):
+def torch_prefix_attention(query, key, value, prefix_k, prefix_v, gate, attention_mask, scaling, dropout=0.0,
+                           sliding_window=None):
     """Plain PyTorch prefix attention on HF layouts: query (B, Hq, M, D), key/value (B, Hkv, N, D),
-    prefix (Hkv, P, D), attention_mask a bool (B, 1, M, N) or None for causal. Returns (B, Hq, M, D)."""
+    prefix (Hkv, P, D), attention_mask a bool (B, 1, M, N), or None for causal (within
+    `sliding_window` keys, if given; a given mask already holds the window). Prefix keys are never
+    masked. Returns (B, Hq, M, D)."""
     batch, n_heads, m, _ = query.shape
     groups = n_heads // key.shape[1]
     n = key.shape[2]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # (B, Hq, N, D)
-    seq_mask = attention_mask if attention_mask is not None else _causal_mask(m, n, query.device)
+    seq_mask = attention_mask if attention_mask is not None else _causal_mask(m, n, query.device, sliding_window)
     pk = repeat_kv(prefix_k[None].to(query.dtype), groups).expand(batch, -1, -1, -1)  # (B, Hq, P, D)
     pv = repeat_kv(prefix_v[None].to(query.dtype), groups).expand(batch, -1, -1, -1)
     if gate is None:  # one softmax over prefix and sequence; every query sees every prefix key
@@ -87,14 +95,25 @@ def torch_prefix_attention(query, key, value, prefix_k, prefix_v, gate, attentio
 
 
 def _key_start(attention_mask):
-    """Per-sequence index of the first valid key, read off the last query row of a left-padded mask."""
+    """Per-sequence index of the first valid key of a left-padded mask: the first key any query sees
+    (not the last query's first key: under a sliding window that one sees only the window)."""
     if attention_mask is None:
         return None
-    return attention_mask[:, 0, -1, :].int().argmax(-1)  # (B,)
+    return attention_mask[:, 0].any(-2).int().argmax(-1)  # (B,)
 
 
-def xprefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """The attention function registered with transformers as "xprefix"."""
+def xprefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+                      **kwargs):
+    """The attention function registered with transformers as "xprefix".
+
+    Sliding-window layers (Gemma 3's local layers) pass `sliding_window`: the torch path reads the
+    window from the mask transformers built for the layer, the kernel applies it itself. Prefix keys
+    carry no position, so every query sees them in either kind of layer.
+    """
+    if kwargs.get("softcap") is not None:  # Gemma 2 caps attention logits; neither path does
+        raise ValueError("xprefix attention does not implement attention-logit soft-capping (softcap)")
+    if not getattr(module, "is_causal", True):
+        raise ValueError("xprefix attention supports causal decoders only; this layer attends bidirectionally")
     state = getattr(module, "prefix_adapter", None)
     backend = getattr(module, "xprefix_backend", "torch")
     if backend == "triton":
@@ -102,13 +121,14 @@ def xprefix_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         pk, pv = state.keys_values(module) if state is not None else (None, None)
         gate = state.gate if state is not None else None
         out = prefix_attention(query, key, value, pk, pv, gate, causal=True, scale=scaling,
-                               key_start=_key_start(attention_mask))
+                               key_start=_key_start(attention_mask), window=sliding_window)
         return out.transpose(1, 2).contiguous(), None  # (B, M, Hq, D)
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+                                      scaling=scaling, sliding_window=sliding_window, **kwargs)
     pk, pv = state.keys_values(module)
-    out = torch_prefix_attention(query, key, value, pk, pv, state.gate, attention_mask, scaling, dropout)
+    out = torch_prefix_attention(query, key, value, pk, pv, state.gate, attention_mask, scaling, dropout,
+                                 sliding_window)
     return out.transpose(1, 2).contiguous(), None  # (B, M, Hq, D)
 
 
@@ -248,7 +268,7 @@ def _prefix_inits(model, n_tokens, generator):
 
 def attach(model, method, *, n_prefix_tokens=10, n_adapted_layers=None, lora_rank=4, lora_alpha=8.0,
            attn_backend="auto", seed=0):
-    """Attach `method` to a Hugging Face LlamaForCausalLM / MistralForCausalLM in place.
+    """Attach `method` to a Hugging Face LlamaForCausalLM / MistralForCausalLM / Gemma3ForCausalLM in place.
 
     Args:
         method: one of METHODS.
@@ -292,8 +312,10 @@ def attach(model, method, *, n_prefix_tokens=10, n_adapted_layers=None, lora_ran
         embed = _decoder(model).embed_tokens.weight
         if embed.device.type == "meta":
             init = torch.empty(n_prefix_tokens, embed.shape[1], device="meta")
-        else:
-            init = embed[torch.randint(0, embed.shape[0], (n_prefix_tokens,), generator=generator)]
+        else:  # through embed_tokens, not its weight: Gemma scales embeddings by sqrt(hidden)
+            ids = torch.randint(0, embed.shape[0], (n_prefix_tokens,), generator=generator).to(embed.device)
+            with torch.no_grad():
+                init = _decoder(model).embed_tokens(ids)
         soft = _decoder(model).soft_prompt = SoftPrompt(init).to(init.device)
         soft.handles = [_decoder(model).register_forward_pre_hook(soft.pre_hook, with_kwargs=True),
                         _decoder(model).register_forward_hook(soft.hook, with_kwargs=True)]

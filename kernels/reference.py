@@ -19,7 +19,7 @@ def _safe_softmax(scores, allowed):
 
 
 def prefix_attention_ref(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal=True, scale=None,
-                         key_start=None, compute_dtype=None):
+                         key_start=None, window=None, compute_dtype=None):
     """Same contract as kernels.prefix_attention; computes in `compute_dtype` (default float32, or
     float64 for float64 inputs) and returns q's dtype. Tests pass compute_dtype=q.dtype to get the
     rounding error of a low-precision implementation."""
@@ -35,6 +35,8 @@ def prefix_attention_ref(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, ca
     i = torch.arange(M, device=q.device)[:, None]
     j = torch.arange(N, device=q.device)[None, :]
     allowed = (j <= i + (N - M)) if causal else torch.ones(M, N, dtype=torch.bool, device=q.device)
+    if window is not None:  # the last `window` keys up to the query's own position; never the prefix
+        allowed = allowed & (j > i + (N - M) - window)
     allowed = allowed.expand(B, 1, M, N)  # (B, 1, M, N)
     if key_start is not None:
         allowed = allowed & (j >= key_start.to(q.device).view(B, 1, 1, 1))  # (B, 1, M, N)

@@ -31,31 +31,38 @@ cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 HEADS = [(2, 2, 2), (2, 4, 1), (1, 8, 1)]
 SEQS = [(1, 37), (113, 203), (128, 128)]  # (M, N): decoding, ragged, square
 PREFIX = [0, 1, 10, 17]
+WINDOWS = [1, 16, 33, 100]  # sliding windows (causal only): itself alone, block-sized, ragged, wide
 
 
 def _grid():
     dtypes = [torch.float16, torch.bfloat16] if CUDA else [torch.float32]
     dims = [64, 128] if CUDA else [16, 32, 64]
     full = list(itertools.product(dtypes, ["joint", "gated"], [True, False], dims, SEQS, PREFIX,
-                                  HEADS, [False, True]))
+                                  HEADS, [False, True], [None]))
+    windowed = list(itertools.product(dtypes, ["joint", "gated"], [True], dims, SEQS, PREFIX, HEADS,
+                                      [False, True], WINDOWS))
     if CUDA and os.environ.get("XPREFIX_FULL_GRID") == "1":
-        return full
+        return full + windowed
     # a fixed sample keeps the interpreter (and GPU compile time) inside its budget
     cases = random.Random(0).sample(full, 36 if CUDA else 16)
+    cases += random.Random(1).sample(windowed, 16 if CUDA else 8)
     if CUDA:  # tiny test models use head dim 32, which takes other tile sizes
-        cases += [(torch.float16, "joint", False, 32, (128, 128), 17, (1, 8, 1), False),
-                  (torch.bfloat16, "gated", True, 32, (113, 203), 10, (2, 4, 1), True),
-                  (torch.float32, "joint", True, 32, (113, 203), 10, (2, 4, 1), True)]
+        cases += [(torch.float16, "joint", False, 32, (128, 128), 17, (1, 8, 1), False, None),
+                  (torch.bfloat16, "gated", True, 32, (113, 203), 10, (2, 4, 1), True, None),
+                  (torch.float32, "joint", True, 32, (113, 203), 10, (2, 4, 1), True, None),
+                  (torch.bfloat16, "joint", True, 256, (113, 203), 10, (2, 4, 1), True, 33),
+                  (torch.float16, "gated", True, 256, (128, 128), 17, (1, 8, 1), False, None)]
     else:  # a few fp16 cases exercise the low-precision casts under the interpreter
-        cases += [(torch.float16, "gated", True, 32, (113, 203), 10, (2, 4, 1), True),
-                  (torch.float16, "joint", True, 64, (1, 37), 17, (1, 8, 1), True)]
+        cases += [(torch.float16, "gated", True, 32, (113, 203), 10, (2, 4, 1), True, None),
+                  (torch.float16, "joint", True, 64, (1, 37), 17, (1, 8, 1), True, None),
+                  (torch.float32, "joint", True, 256, (113, 203), 10, (2, 4, 1), True, 33)]  # Gemma 3
     return cases
 
 
 def _case_id(case):
-    dtype, mode, causal, D, (M, N), P, (B, Hq, Hkv), pad = case
+    dtype, mode, causal, D, (M, N), P, (B, Hq, Hkv), pad, window = case
     return (f"{str(dtype)[6:]}-{mode}-{'causal' if causal else 'full'}-d{D}-m{M}n{N}-p{P}"
-            f"-g{Hq // Hkv}-{'pad' if pad else 'nopad'}")
+            f"-g{Hq // Hkv}-{'pad' if pad else 'nopad'}" + (f"-w{window}" if window else ""))
 
 
 def _inputs(dtype, mode, D, M, N, P, B, Hq, Hkv, pad, shared=True, seed=0):
@@ -97,9 +104,9 @@ def _compare(name, got, hi, lo, factor, atol):
 
 
 def _check(case, shared=True, scale=None):
-    dtype, mode, causal, D, (M, N), P, (B, Hq, Hkv), pad = case
+    dtype, mode, causal, D, (M, N), P, (B, Hq, Hkv), pad, window = case
     tensors, key_start = _inputs(dtype, mode, D, M, N, P, B, Hq, Hkv, pad, shared)
-    kw = dict(causal=causal, scale=scale, key_start=key_start)
+    kw = dict(causal=causal, scale=scale, key_start=key_start, window=window)
     hi_dtype = torch.float64 if dtype == torch.float32 else torch.float32
     do = torch.randn(B, Hq, M, D, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
@@ -124,7 +131,7 @@ def test_matches_reference(case):
 @pytest.mark.parametrize("mode", ["joint", "gated"])
 def test_per_sequence_prefix_and_custom_scale(mode):
     dtype = torch.float16 if CUDA else torch.float32
-    _check((dtype, mode, True, 32, (37, 70), 10, (2, 4, 2), True), shared=False, scale=0.3)
+    _check((dtype, mode, True, 32, (37, 70), 10, (2, 4, 2), True, None), shared=False, scale=0.3)
 
 
 def test_noncontiguous_inputs():
@@ -209,6 +216,8 @@ def test_bad_inputs_raise():
         (dict(key_start=torch.zeros(2)), "key_start"),
         (dict(q=q[..., :24], k=k[..., :24], v=v[..., :24]), "head dim"),
         (dict(q=torch.cat([q, q], 2)), "M <= N"),
+        (dict(window=0), "window must be a positive int"),
+        (dict(window=4, causal=False), "window needs causal=True"),
     ]
     for override, words in bad:
         args = dict(q=q, k=k, v=v, prefix_k=None, prefix_v=None, gate=None, key_start=None)
@@ -228,5 +237,7 @@ def test_cpu_tensor_rejected_on_gpu_machine():
 @cuda
 def test_long_sequence_bf16():
     # long enough for many unmasked interior blocks with the GPU tile sizes
-    _check((torch.bfloat16, "joint", True, 128, (1000, 1500), 10, (1, 8, 2), True))
-    _check((torch.bfloat16, "gated", True, 64, (1024, 1024), 64, (2, 4, 1), True))
+    _check((torch.bfloat16, "joint", True, 128, (1000, 1500), 10, (1, 8, 2), True, None))
+    _check((torch.bfloat16, "gated", True, 64, (1024, 1024), 64, (2, 4, 1), True, None))
+    # Gemma 3's shape: head dim 256, a 512-key window, so many key blocks are skipped or masked
+    _check((torch.bfloat16, "joint", True, 256, (1000, 1500), 10, (1, 4, 1), True, 512))
