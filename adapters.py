@@ -345,6 +345,28 @@ def set_attn_backend(model, attn_backend="auto"):
         layer.self_attn.xprefix_backend = attn_backend
 
 
+def set_gradient_checkpointing(model, enabled=True):
+    """Turn activation checkpointing on (or off): each decoder layer keeps only its input and is
+    recomputed in the backward, which costs about one more forward and saves most activation memory.
+
+    transformers' checkpointing in its non-reentrant form. It works with every method, attached
+    before or after: prefix states, gates and LoRA factors sit inside the layers and are recomputed
+    with them, and soft prompts enter before the first layer. It acts in training mode only and
+    drops the KV cache inside the layers it wraps, which training does not use (PEFT refuses prefix
+    tuning under checkpointing because its prefix lives in that cache; ours does not).
+    """
+    if not enabled:
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        return disable()
+    # transformers >= 5.x renamed gradient_* to activation_*; the old name warns
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    # enabling also hooks the embeddings' output to require grad, which only the reentrant form needs:
+    # the backward would then run through every layer below the first adapted one too (30 layers
+    # instead of 10 for a prefix at the last 10 of 30), so the hook goes
+    model.disable_input_require_grads()
+
+
 def _triton_interpreted():
     import os
     return os.environ.get("TRITON_INTERPRET") == "1"
