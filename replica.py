@@ -3,6 +3,7 @@
     python replica.py                          # smollm2-135m and gemma3-270m, every task and method
     python replica.py --models smollm2 --tasks xnli belebele
     python replica.py --report-only            # rebuild the tables from finished runs
+    python replica.py --models smollm2 --tasks xquad --set eval_samples=16   # override a field everywhere
 
 For each model (SmolLM2-135M-Instruct, Gemma 3 270M), task (XNLI: all 15 languages; XQuAD: train
 on English articles 0-31, test articles 32-47 in all 12 languages; Belebele: the languages
@@ -58,11 +59,24 @@ def step(command, timings, key):
     timings[key] = round(time.time() - start, 1)
 
 
-def run_one(name, cfg, timings):
+def run_one(name, cfg, timings, overrides):
     if cfg.method != "base" and not (cfg.run_dir / "adapter" / "adapter_config.json").is_file():
-        step([sys.executable, "train.py", "--run", name, "--resume"], timings, f"{name}/train")
-    step([sys.executable, "evaluate.py", "--run", name] + ([] if cfg.method == "base" else ["--no-base"]),
+        step([sys.executable, "train.py", "--run", name, "--resume", *overrides], timings, f"{name}/train")
+    step([sys.executable, "evaluate.py", "--run", name, *overrides] + ([] if cfg.method == "base" else ["--no-base"]),
          timings, f"{name}/evaluate")
+
+
+def parse_sets(items):
+    """["eval_samples=16", ...] -> (["--eval_samples", "16", ...], {field: value}); fields are checked
+    by config's own parser, so a bad name or value fails here, before any work."""
+    args, values = [], {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in C.FIELDS:
+            raise SystemExit(f"--set takes FIELD=VALUE with a field of runs.yaml, got {item!r}")
+        args += [f"--{key}", value]
+        values[key] = C._parse_value(value, C.FIELDS[key].type)
+    return args, values
 
 
 def headline(names, runs_dir):
@@ -108,9 +122,12 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--out", default=str(ROOT / "results" / "replica"))
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override a runs.yaml field in every run, e.g. eval_samples=16 (CPU-sized)")
     args = parser.parse_args(argv)
+    overrides, values = parse_sets(args.set)
     names = run_names(args.models, args.tasks)
-    configs = {name: C.get_run(name) for name in names}  # every entry checked before any work starts
+    configs = {name: C.get_run(name, values) for name in names}  # every entry checked before any work starts
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
@@ -118,7 +135,7 @@ def main(argv=None):
     if not args.report_only:
         timings["device"] = device_name()
         for name in names:
-            run_one(name, configs[name], timings)
+            run_one(name, configs[name], timings, overrides)
             C.write_json_atomic(timings_path, timings)
     runs_dir = configs[names[0]].run_dir.parent
     runs = report.Collector(runs_dir)
