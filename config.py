@@ -37,6 +37,7 @@ class RunConfig:
     eval_subset: str | None = None      # e.g. held-out articles, see data.py
     eval_split: str | None = None       # None: the task's default split (XNLI: test, as the paper)
     prompt_style: str = "paper"
+    choice_scoring: str = "loglik"      # choice tasks: loglik (rank options) | generate (greedy, match an option)
     lr: float = 3e-3
     epochs: float = 2.0
     max_steps: int | None = None        # stop early (smoke tests, demos)
@@ -55,6 +56,8 @@ class RunConfig:
     seed: int = 0
     save_every: int = 200               # checkpoint every N optimizer steps
     skip_nonfinite: bool = False        # skip (and log) a step with non-finite loss or gradients; else stop
+    gradient_checkpointing: bool = False  # recompute layer activations in the backward: less memory, ~1 more forward
+    parallel: str = "ddp"               # under torchrun: ddp (replicated model) | fsdp (frozen base sharded)
     out_dir: str = "runs"
     trust_remote_code: bool = False
     description: str = ""
@@ -71,6 +74,8 @@ CHOICES = {
     "lr_schedule": ("linear", "cosine", "constant"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "prompt_style": ("paper", "harness"),
+    "choice_scoring": ("loglik", "generate"),
+    "parallel": ("ddp", "fsdp"),
 }
 POSITIVE = ("n_prefix_tokens", "n_adapted_layers", "lora_rank", "batch_size", "grad_accum", "eval_batch_size",
             "max_length", "train_samples", "eval_samples", "max_steps", "save_every", "max_new_tokens")

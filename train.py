@@ -4,9 +4,18 @@
     python train.py --run prefix_xnli_llama8b --dry-run      # config and parameter count, no weights
     python train.py --run demo --lr 1e-2 --max_steps 20      # any field can be overridden
     python train.py --run demo --resume                       # continue from the last checkpoint
+    torchrun --nproc_per_node 8 train.py -- --run NAME        # data parallel over 8 GPUs ("--": script_args)
+    torchrun --nproc_per_node 8 train.py -- --run NAME --parallel fsdp   # frozen base sharded (FSDP2)
 
 Writes, under out_dir/<run>/: adapter/ (safetensors + config, at the end), checkpoint/ (every
 save_every steps and on SIGINT/SIGTERM, written atomically), train_log.json, config.json.
+
+Under torchrun, batch_size stays the global batch: each of the N processes takes its 1/N of every
+micro-batch, sums its answer tokens' losses over the whole step's answer-token count, and the
+summed gradients are the single-process run's gradient, so the loss curve, the lr schedule and
+the adapter are the same (up to float rounding) for any N. The adapter and its optimizer are
+replicated (a few MB); the frozen base is replicated too (ddp), or sharded with FSDP2 (fsdp).
+Only rank 0 writes files.
 """
 import argparse
 import math
@@ -16,6 +25,7 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -53,6 +63,73 @@ def batch_order(n_examples, batch_size, epoch, seed):
     resumed run sees exactly the batches the uninterrupted one would have."""
     perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     return [perm[i:i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+def script_args(argv=None):
+    """The command line without a leading "--". Under torchrun it is needed: torchrun's own parser
+    rejects `train.py --run NAME` (`--run` could abbreviate its --run-path; pytorch/pytorch#120601),
+    so the form is `torchrun ... train.py -- --run NAME`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return argv[1:] if argv[:1] == ["--"] else argv
+
+
+def init_distributed():
+    """Join torchrun's process group when launched by torchrun (it sets WORLD_SIZE, RANK, LOCAL_RANK):
+    NCCL on cuda:LOCAL_RANK, or gloo on the CPU. Returns (rank, world_size, device); (0, 1, None)
+    without torchrun, and then nothing distributed happens."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, None
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def shard_frozen_base(model, device):
+    """FSDP2 over the frozen base: each decoder layer, the embeddings, the LM head and the rest of
+    the decoder (final norm) are units whose weights are split over the ranks and all-gathered one
+    unit at a time, in forward and again in backward. The trainable tensors are left out
+    (ignored_params): they stay whole on every rank and their gradients are summed as in ddp, so
+    checkpoints and adapters are plain tensors. Layers move to `device` one at a time, so no rank
+    ever holds the whole model there."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    trainable = {p for p in model.parameters() if p.requires_grad}
+    decoder = model.model
+    for layer in decoder.layers:
+        fully_shard(layer.to(device), mesh=mesh, ignored_params=trainable)
+    # a unit of its own, so the embedding matrix is whole only for the lookup, not the whole step
+    fully_shard(decoder.embed_tokens.to(device), mesh=mesh, ignored_params=trainable)
+    # answer_loss calls the LM head itself, not through model.forward: it is a root unit of its own
+    fully_shard(model.lm_head.to(device), mesh=mesh, ignored_params=trainable)
+    for name, child in decoder.named_children():
+        if name != "layers":
+            child.to(device)
+    fully_shard(decoder, mesh=mesh, ignored_params=trainable)
+
+
+def weight_bytes(model):
+    """Bytes of parameters this process holds (a sharded tensor counts its local shard)."""
+    from torch.distributed.tensor import DTensor
+    return sum((p.to_local() if isinstance(p, DTensor) else p).nbytes for p in model.parameters())
+
+
+def all_reduce_step(params, total, stopping, device):
+    """Sum the ranks' gradients and loss shares, and whether any rank was signalled, so every rank
+    takes the same update and stops at the same step. A rank's share is its answer tokens' loss sum
+    over the whole step's answer-token count, so the sums are the single-process gradient and loss.
+    One all-reduce per tensor: the trainable set is a few tensors of a few MB."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    shared = torch.tensor([total, float(stopping)], dtype=torch.float64, device=device)
+    dist.all_reduce(shared)
+    return shared[0].item(), shared[1].item() > 0
 
 
 def save_checkpoint(model, optimizer, scheduler, step, path, log, data_layout):
@@ -117,17 +194,39 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
     task = data.load_task(cfg.task)
     if cfg.eval_languages:  # a typo here should fail now, not after hours of training
         data.check_languages(task, cfg.eval_languages)
+    rank, world_size, rank_device = init_distributed()
+    fsdp = cfg.parallel == "fsdp"
+    if fsdp and rank_device is None:  # not launched by torchrun
+        raise ValueError("parallel 'fsdp' shards the model over the processes torchrun starts: launch with "
+                         "`torchrun --nproc_per_node N train.py ...`, or use --parallel ddp for one process")
+    if fsdp and cfg.method == "full":
+        raise ValueError("parallel 'fsdp' shards the frozen base and keeps the trainable tensors whole on every "
+                         "rank; method 'full' trains every weight, so it would shard nothing: use --parallel ddp")
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is the global batch and must split evenly over the "
+                         f"{world_size} processes; use a multiple of {world_size}")
     device, dtype = C.device_and_dtype(cfg)
+    device = rank_device or device
     torch.manual_seed(cfg.seed)
-    model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device,
+    # fsdp: the full model stays in host memory; shard_frozen_base moves it to the GPU one shard at a time
+    model, tokenizer = models.load_model(cfg.model, dtype=dtype, device="cpu" if fsdp else device,
                                          trust_remote_code=cfg.trust_remote_code)
     adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
                     lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend=cfg.attn_backend, seed=cfg.seed)
+    if cfg.gradient_checkpointing:
+        adapters.set_gradient_checkpointing(model)
     n_trainable = adapters.count_trainable(model)
-    print(f"{cfg.name}: {cfg.method} on {cfg.model} ({device}, {dtype}), trainable params: {n_trainable:,}")
+    if rank == 0:
+        print(f"{cfg.name}: {cfg.method} on {cfg.model} ({device}, {dtype}), trainable params: {n_trainable:,}"
+              + (f"; {world_size} processes ({cfg.parallel}), {cfg.batch_size // world_size} of each batch of "
+                 f"{cfg.batch_size} per process" if world_size > 1 else ""))
     if cfg.method == "base":
-        print("method 'base' has nothing to train; run evaluate.py")
+        if rank == 0:
+            print("method 'base' has nothing to train; run evaluate.py")
         return None
+    if fsdp:
+        shard_frozen_base(model, device)
+        adapters.set_attn_backend(model, cfg.attn_backend)  # attach chose "auto"'s backend on the CPU
     features = build_features(cfg, task, tokenizer)
     steps_per_epoch = math.ceil(len(features) / (cfg.batch_size * cfg.grad_accum))
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
@@ -143,9 +242,14 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
                        seed=cfg.seed)
     step, log = 0, []
     if resume and (ckpt / "state.pt").is_file():
-        step, log = load_checkpoint(model, optimizer, scheduler, ckpt, data_layout)
-        print(f"resumed from {ckpt} at step {step}/{total_steps}")
-    C.write_json_atomic(run_dir / "config.json", C.provenance(cfg))
+        step, log = load_checkpoint(model, optimizer, scheduler, ckpt, data_layout)  # every rank reads it
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {step}/{total_steps}")
+    if world_size > 1:
+        for p in params:  # the ranks agree already (same seed, weights, checkpoint); this makes it certain
+            dist.broadcast(p.data, src=0)
+    if rank == 0:
+        C.write_json_atomic(run_dir / "config.json", C.provenance(cfg))
 
     stop = {"signal": None}
     def on_signal(signum, frame):  # finish the step in flight, save, exit: no lost work
@@ -156,7 +260,8 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
 
     model.train()
     micro = cfg.batch_size
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.name}")
+    per_rank = micro // world_size
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.name}", disable=rank != 0)
     start = time.time()
     try:
         while step < total_steps:
@@ -167,12 +272,20 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for b in group:
-                ids, mask, labels = (t.to(device) for t in collate([features[i] for i in b], tokenizer.pad_token_id))
+                # this rank's part of the batch; a rank left with nothing (the epoch's last, short batch) still
+                # runs one example, weighted 0, because fsdp's all-gathers need every rank in every forward
+                mine = b[rank * per_rank:(rank + 1) * per_rank]
+                ids, mask, labels = (t.to(device) for t in collate([features[i] for i in mine or b[:1]],
+                                                                  tokenizer.pad_token_id))
                 loss = answer_loss(model, ids, mask, labels)
-                # weight each micro-batch by its answer tokens: accumulation equals one big batch
-                weight = (labels[:, 1:] != -100).sum().item() / n_tokens
+                # weight each micro-batch by its answer tokens over the whole step's (all ranks'): accumulation
+                # and the ranks' summed gradients equal one big batch
+                weight = (labels[:, 1:] != -100).sum().item() / n_tokens if mine else 0.0
                 (loss * weight).backward()
                 total += loss.item() * weight
+            stopping = stop["signal"] is not None
+            if world_size > 1:
+                total, stopping = all_reduce_step(params, total, stopping, device)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
             finite = math.isfinite(total) and math.isfinite(grad_norm)
             if not finite and not cfg.skip_nonfinite:
@@ -183,29 +296,35 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
                 optimizer.step()
             else:  # skip_nonfinite: drop this batch's update; the step still counts, so the data order
                 # and the lr schedule do not shift, and a resumed run skips the same step
-                tqdm.write(f"step {step + 1}: non-finite loss ({total}) or gradient norm ({grad_norm}); skipped")
+                if rank == 0:
+                    tqdm.write(f"step {step + 1}: non-finite loss ({total}) or gradient norm ({grad_norm}); skipped")
             scheduler.step()
             step += 1
             log.append(dict(step=step, loss=total if finite else None, lr=scheduler.get_last_lr()[0],
                             grad_norm=grad_norm if finite else None, **({} if finite else dict(skipped=True))))
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}")
-            if step % cfg.save_every == 0 or stop["signal"] is not None:
+            if rank == 0 and (step % cfg.save_every == 0 or stopping):
                 save_checkpoint(model, optimizer, scheduler, step, ckpt, log, data_layout)
-            if stop["signal"] is not None:
-                raise SystemExit(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {ckpt}; "
-                                 f"continue with --resume")
+            if stopping:
+                if world_size > 1:
+                    dist.barrier()  # no rank exits (and has torchrun stop rank 0) before the checkpoint is saved
+                raise SystemExit(f"stopped by signal {stop['signal'] or '(to another rank)'} at step {step}; "
+                                 f"checkpoint saved to {ckpt}; continue with --resume")
     finally:
         bar.close()
         for s, handler in old.items():
             signal.signal(s, handler)
     elapsed = time.time() - start
+    if rank != 0:
+        return run_dir / "adapter"
     save_checkpoint(model, optimizer, scheduler, step, ckpt, log, data_layout)
     adapters.save_adapter(model, run_dir / "adapter", extra=dict(run=cfg.name, base_model=cfg.model))
     skipped = [entry["step"] for entry in log if entry.get("skipped")]
     summary = dict(C.provenance(cfg), steps=step, train_examples=len(features), trainable_params=n_trainable,
                    seconds=elapsed, final_loss=log[-1]["loss"] if log else None, n_skipped_steps=len(skipped),
-                   skipped_steps=skipped, log=log)
+                   skipped_steps=skipped, world_size=world_size, parallel=cfg.parallel if world_size > 1 else None,
+                   weights_gib_per_rank=weight_bytes(model) / 2**30, log=log)
     if device.type == "cuda":
         summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     C.write_json_atomic(run_dir / "train_log.json", summary)
@@ -231,7 +350,7 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="train again over a finished run")
     C.add_override_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(script_args(argv))
     try:
         cfg = C.get_run(args.run, C.overrides_from_args(args), args.runs_file)
         if args.dry_run:
@@ -239,6 +358,9 @@ def main(argv=None):
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, OSError) as e:  # bad input (ours say what and where) or an unreadable / unwritable path
         sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():  # under torchrun
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
