@@ -740,6 +740,19 @@ class MGSM(Task):
         return dict(acc=by_phrase if phrase is not None else by_last, acc_answer_phrase=by_phrase, acc_last_number=by_last)
 
 
+def _first_word(text):
+    words = text.strip().split(maxsplit=1)
+    return words[0].strip(string.punctuation + "。，、：").casefold() if words else ""
+
+
+def match_choice(text, choices):
+    """The index of the option whose first word is the generated answer's first word (case and
+    punctuation aside), or None when no option, or more than one, matches: an unmatched answer is wrong."""
+    word = _first_word(text)
+    hits = [i for i, c in enumerate(choices) if word and _first_word(c) == word]
+    return hits[0] if len(hits) == 1 else None
+
+
 # --- registry and tokenisation ----------------------------------------------------------------
 
 TASKS = {task.name: task for task in (XNLI(), XQuAD(), Belebele(), MGSM())}

@@ -2,12 +2,17 @@
 
     python evaluate.py --run demo
     python evaluate.py --run prefix_xnli_llama8b --eval_languages en,de --eval_samples 200
+    torchrun --nproc_per_node 8 evaluate.py -- --run NAME      # the batches dealt out to 8 GPUs
 
 Choice tasks (XNLI, Belebele) compare the log-likelihood of each option after the prompt;
 generation tasks (XQuAD, MGSM) generate with a KV cache, batched with left padding, and score the
 text. Each language's result (metrics and every prediction) is written atomically to
 out_dir/<run>/eval/<row>/<lang>.json as soon as it is done, so an interrupted evaluation resumes at
 the first unfinished language. The table is written as results.json, results.csv and results.md.
+
+Under torchrun every rank holds the whole model (`parallel` applies to training only) and computes
+its share of the batches a single process would form, each exactly as that process computes it;
+the results are gathered, and rank 0 writes the same files a single process writes.
 """
 import argparse
 import csv
@@ -17,6 +22,7 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -24,6 +30,7 @@ import adapters
 import config as C
 import data
 import models
+from train import init_distributed, script_args
 
 
 def _halve_on_oom(batch_size, n_in_batch):
@@ -36,6 +43,32 @@ def _halve_on_oom(batch_size, n_in_batch):
     return n_in_batch // 2
 
 
+def _my_batches(order, batch_size):
+    """The batches of `order` that this process computes: all of them, or under torchrun every
+    world_size-th one. Each batch is the one a single process forms, so its results are too."""
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches[dist.get_rank()::dist.get_world_size()] if dist.is_initialized() else batches
+
+
+def _rebatch(batches, batch_size):
+    """`batches` cut to at most batch_size each (after running out of memory)."""
+    return [b[i:i + batch_size] for b in batches for i in range(0, len(b), batch_size)]
+
+
+def _gather(values):
+    """Under torchrun, every rank's results merged: each rank's list (nested lists allowed) holds
+    None where another rank computed the entry. Without torchrun, `values` as they are."""
+    if not dist.is_initialized():
+        return values
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, values)
+    def merge(entries):
+        if isinstance(entries[0], list):
+            return [merge(list(e)) for e in zip(*entries)]
+        return next((e for e in entries if e is not None), None)
+    return merge(parts)
+
+
 @torch.no_grad()
 def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_length=None):
     """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. Prompts
@@ -44,10 +77,10 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_
     pairs = [(i, j, data.prompt_ids(tokenizer, p, max_length and max(max_length - len(c), 1)), c)
              for i, (p, cs) in enumerate(zip(prompts, encoded)) for j, c in enumerate(cs)]
     order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
-    scores = [[0.0] * len(cs) for cs in choices]
-    start = 0
-    while start < len(order):
-        chunk = [pairs[k] for k in order[start:start + batch_size]]
+    scores = [[None] * len(cs) for cs in choices]
+    batches = _my_batches(order, batch_size)
+    while batches:
+        chunk = [pairs[k] for k in batches[0]]
         length = max(len(p) + len(c) for _, _, p, c in chunk)
         ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -60,26 +93,32 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_
             hidden = None
         if hidden is None:  # retry outside the except block, so the failed batch's tensors are freed first
             batch_size = _halve_on_oom(batch_size, len(chunk))
+            batches = _rebatch(batches, batch_size)
             continue
         for row, (i, j, p, c) in enumerate(chunk):
             # only the choice positions go through the LM head
             logits = model.lm_head(hidden[row, len(p) - 1:len(p) + len(c) - 1]).float()
             scores[i][j] = F.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=device)[:, None]).sum().item()
-        start += len(chunk)
-    return scores
+        batches.pop(0)
+    return _gather(scores)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop, do_sample, temperature, top_p,
              max_length=None):
     """Batched generation with left padding and a KV cache; returns the new text per prompt.
-    Prompts are cut from the left so prompt and answer fit max_length, as training cuts them."""
+    Prompts are cut from the left so prompt and answer fit max_length, as training cuts them.
+    Sampling reseeds each batch from one number drawn from the caller's RNG and the batch's first
+    prompt, so a batch samples the same whichever batches (or ranks) came before it."""
     room = max_length and max(max_length - max_new_tokens, 1)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs = [None] * len(prompts)
-    start = 0
-    while start < len(order):
-        idx = order[start:start + batch_size]
+    base_seed = torch.randint(2**40, ()).item() if do_sample else None
+    batches = _my_batches(order, batch_size)
+    while batches:
+        idx = batches[0]
+        if do_sample:
+            torch.manual_seed(base_seed + idx[0])
         encoded = [data.prompt_ids(tokenizer, prompts[i], room) for i in idx]
         length = max(map(len, encoded))
         ids = torch.full((len(idx), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -96,14 +135,15 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
             out = None
         if out is None:  # retry outside the except block, so the failed batch's tensors are freed first
             batch_size = _halve_on_oom(batch_size, len(idx))
+            batches = _rebatch(batches, batch_size)
             continue
         for row, i in enumerate(idx):
             text = tokenizer.decode(out[row, length:], skip_special_tokens=True)
             for s in stop:  # generation stops after a stop string; the answer is what came before
                 text = text.split(s)[0]
             outputs[i] = text
-        start += len(idx)
-    return outputs
+        batches.pop(0)
+    return _gather(outputs)
 
 
 def evaluate_language(model, tokenizer, task, cfg, lang, device):
@@ -112,7 +152,16 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device):
         examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, n=cfg.eval_samples, seed=cfg.seed)
         prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
     records = []
-    if task.kind == "choice":
+    if task.kind == "choice" and cfg.choice_scoring == "generate":  # greedy answer, matched to an option
+        choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
+        texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, cfg.max_new_tokens or 8, ("\n",),
+                         False, cfg.temperature, cfg.top_p, cfg.max_length)
+        for ex, cs, text in zip(examples, choices, texts):
+            pred = data.match_choice(text, cs)
+            records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, text=text,
+                                correct=pred == ex["label"]))
+        metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
+    elif task.kind == "choice":
         choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
         scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, cfg.max_length)
         for ex, s in zip(examples, scores):
@@ -135,14 +184,16 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device):
 # What a language's result depends on. A cached result is reused only when all of these (and the
 # adapter's hash) match; batch size and attention backend change speed, not the answer.
 EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples", "prompt_style", "max_length",
-                 "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
+                 "choice_scoring", "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
 
 
 def changed_settings(path, extra):
     """{setting: (cached, now)} where the cached result at `path` differs from this evaluation."""
     try:
         cached = json.loads(path.read_text())
-        then = dict({k: cached["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=cached.get("adapter_sha256"))
+        # a setting added after a result was written reads as its default, which it was made with
+        then = dict({k: cached["config"].get(k, C.FIELDS[k].default) for k in EVAL_SETTINGS},
+                    adapter_sha256=cached.get("adapter_sha256"))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
         return {"file": ("unreadable or without its settings", "-")}
     now = dict({k: extra["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"))
@@ -161,15 +212,17 @@ def check_cached(cfg, rows_extra, languages, overwrite):
     if stale and not overwrite:
         raise ValueError(f"{len(stale)} cached result(s) were computed with other settings; pass --overwrite to "
                          f"evaluate them again:\n  " + "\n  ".join(stale))
-    for line in stale:
-        print(f"re-evaluating {line}")
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        for line in stale:
+            print(f"re-evaluating {line}")
 
 
 def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
     """Evaluate one model (row of the table) in every language, resuming finished languages whose
     settings match (check_cached has refused or approved the others)."""
     results = {}
-    for lang in tqdm(languages, desc=f"eval {row}"):
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    for lang in tqdm(languages, desc=f"eval {row}", disable=rank != 0):
         path = cfg.run_dir / "eval" / row / f"{lang}.json"
         if path.is_file() and not changed_settings(path, extra):
             results[lang] = json.loads(path.read_text())
@@ -177,9 +230,10 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
         start = time.time()
         result = evaluate_language(model, tokenizer, task, cfg, lang, device)
         result.update(seconds=time.time() - start, **extra)
-        C.write_json_atomic(path, result)
         results[lang] = result
-        tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
+        if rank == 0:  # every rank has the gathered result; one writes it
+            C.write_json_atomic(path, result)
+            tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
     return results
 
 
@@ -214,12 +268,15 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="re-evaluate cached languages whose settings or adapter changed")
     C.add_override_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(script_args(argv))
     try:
         cfg = C.get_run(args.run, C.overrides_from_args(args), args.runs_file)
         run(cfg, no_base=args.no_base, overwrite=args.overwrite)
     except (ValueError, OSError) as e:  # bad input (ours say what and where) or an unreadable / unwritable path
         sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():  # under torchrun
+            dist.destroy_process_group()
 
 
 def run(cfg, no_base=False, overwrite=False):
@@ -228,13 +285,13 @@ def run(cfg, no_base=False, overwrite=False):
         task.eval_split = cfg.eval_split
     languages = cfg.eval_languages or list(task.languages)
     data.check_languages(task, languages)
-    if cfg.method == "full":
-        raise ValueError("evaluating full fine-tuning needs the saved full model; not supported yet")
     adapter_dir = cfg.run_dir / "adapter"
     if cfg.method != "base" and not (adapter_dir / "adapter_config.json").is_file():
         raise ValueError(f"run {cfg.name!r} has no trained adapter at {adapter_dir}; "
                          f"run `python train.py --run {cfg.name}` first")
+    rank, _, rank_device = init_distributed()
     device, dtype = C.device_and_dtype(cfg)
+    device = rank_device or device
     model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
     meta = C.provenance(cfg)
@@ -264,6 +321,8 @@ def run(cfg, no_base=False, overwrite=False):
                    for r, res in rows.items()} for by in ("script", "family", "resource")}
     summary = dict(meta, adapter_sha256=adapter_sha256, task=cfg.task, metric=metric, languages=languages,
                    rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()}, groups=groups)
+    if rank != 0:
+        return
     C.write_json_atomic(cfg.run_dir / "results.json", summary)
     grouped = "\n\n".join(f"By {by}:\n\n{group_table(table)}" for by, table in groups.items())
     C.write_text_atomic(cfg.run_dir / "results.csv", csv_text)

@@ -492,3 +492,44 @@ def test_missing_belebele_and_mgsm_files_name_the_layout(tmp_path):
         data.load_task("mgsm").eval_examples("en", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"belebele_train/train\.jsonl"):
         data.load_task("belebele").train_examples(tmp_path)
+
+
+# --- choice tasks scored by generation --------------------------------------------------------
+
+def test_match_choice_first_word_case_and_punctuation():
+    nli = [" entailment", " neutral", " contradiction"]
+    assert data.match_choice(" Neutral.", nli) == 1
+    assert data.match_choice("contradiction, because", nli) == 2
+    assert data.match_choice("entails", nli) is None  # a different word is not an option
+    assert data.match_choice("", nli) is None
+    letters = [" A", " B", " C", " D"]
+    assert data.match_choice(" C: the lake", letters) == 2
+    assert data.match_choice("As the passage says", letters) is None  # "As" is not "A"
+    harness = [" Ja, x", " Auch, x", " Nein, x"]
+    assert data.match_choice(" nein, das", harness) == 2
+    assert data.match_choice("yes", [" yes", " Yes!"]) is None  # ambiguous options: no answer
+
+
+def test_generate_scoring_matches_options_and_counts_accuracy(shared, monkeypatch):
+    """evaluate_language with choice_scoring=generate: the prediction is the option the generated
+    text names, and accuracy counts exactly the examples whose named option is the label."""
+    import config as C
+    import evaluate
+
+    task = data.load_task("belebele")
+    examples = task.eval_examples("eng_Latn", shared, n=12, seed=0)
+    # the fake model answers right on even examples, names a wrong letter on every third odd one,
+    # and otherwise says nothing usable
+    answers = [(" " + "ABCD"[ex["label"]] + ": yes" if i % 2 == 0 else
+                " " + "ABCD"[(ex["label"] + 1) % 4] if i % 3 == 0 else " I think so") for i, ex in enumerate(examples)]
+    by_prompt = {task.prompt(ex): a for ex, a in zip(examples, answers)}
+    monkeypatch.setattr(evaluate, "generate", lambda model, tok, prompts, *a, **k: [by_prompt[p] for p in prompts])
+    cfg = C.RunConfig(name="t", model="none", method="base", task="belebele", data_dir=str(shared), eval_samples=12,
+                      choice_scoring="generate")
+    result = evaluate.evaluate_language(None, None, task, cfg, "eng_Latn", "cpu")
+    preds = [r["prediction"] for r in result["predictions"]]
+    expected = [ex["label"] if i % 2 == 0 else (ex["label"] + 1) % 4 if i % 3 == 0 else None
+                for i, ex in enumerate(examples)]
+    assert preds == expected
+    assert result["metrics"]["accuracy"] == pytest.approx(100.0 * 6 / 12)
+    assert [r["text"] for r in result["predictions"]] == answers

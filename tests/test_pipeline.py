@@ -31,7 +31,7 @@ def script(name, path, *args):
     return out
 
 
-@pytest.mark.parametrize("method", ["prefix", "adapter", "soft_prompt", "lora"])
+@pytest.mark.parametrize("method", ["prefix", "adapter", "soft_prompt", "lora", "full"])
 def test_train_then_evaluate(tmp_path, tiny_model_dir, shared_data, method):
     path = runs_file(tmp_path, tiny_model_dir, shared_data, method=method)
     out = script("train.py", path)
@@ -55,6 +55,9 @@ def test_train_then_evaluate(tmp_path, tiny_model_dir, shared_data, method):
             accuracy = 100 * sum(p["correct"] for p in per_lang["predictions"]) / 10
             assert per_lang["metrics"]["accuracy"] == accuracy == results["rows"][row][lang]["accuracy"]
     assert per_lang["adapter_sha256"] and per_lang["config"]["name"] == "tiny"
+    base_de = json.loads((run_dir / "eval" / "base" / "de.json").read_text())
+    # the trained weights were loaded: the method's option scores are not the base model's
+    assert [p["logprobs"] for p in per_lang["predictions"]] != [p["logprobs"] for p in base_de["predictions"]]
     en_de = [results["rows"][method][lang]["accuracy"] for lang in ("en", "de")]
     assert results["groups"]["script"][method] == {"Latn": sum(en_de) / 2}  # both Latin script
     md = (run_dir / "results.md").read_text()
