@@ -72,10 +72,18 @@ def _gather(values):
 @torch.no_grad()
 def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_length=None):
     """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. Prompts
-    are cut from the left to fit max_length with the choice, as training cuts them."""
+    are cut from the left to fit max_length with the choice, as training cuts them. When every
+    choice of an example is one token (XNLI's labels, Belebele's letters), one forward pass of the
+    prompt scores them all: the same numbers as one pass per choice, for a third or a quarter of
+    the work."""
     encoded = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
-    pairs = [(i, j, data.prompt_ids(tokenizer, p, max_length and max(max_length - len(c), 1)), c)
-             for i, (p, cs) in enumerate(zip(prompts, encoded)) for j, c in enumerate(cs)]
+    pairs = []  # (example, choice index or None for "all of its one-token choices", prompt ids, choice ids)
+    for i, (p, cs) in enumerate(zip(prompts, encoded)):
+        if all(len(c) == 1 for c in cs):
+            pairs.append((i, None, data.prompt_ids(tokenizer, p, max_length and max(max_length - 1, 1)), []))
+        else:
+            pairs += [(i, j, data.prompt_ids(tokenizer, p, max_length and max(max_length - len(c), 1)), c)
+                      for j, c in enumerate(cs)]
     order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
     scores = [[None] * len(cs) for cs in choices]
     batches = _my_batches(order, batch_size)
@@ -96,6 +104,10 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_
             batches = _rebatch(batches, batch_size)
             continue
         for row, (i, j, p, c) in enumerate(chunk):
+            if j is None:  # each choice is the next token: all scored from the prompt's last position
+                logprobs = F.log_softmax(model.lm_head(hidden[row, len(p) - 1]).float(), -1)
+                scores[i] = [logprobs[cs[0]].item() for cs in encoded[i]]
+                continue
             # only the choice positions go through the LM head
             logits = model.lm_head(hidden[row, len(p) - 1:len(p) + len(c) - 1]).float()
             scores[i][j] = F.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=device)[:, None]).sum().item()

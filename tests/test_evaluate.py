@@ -1,0 +1,47 @@
+"""evaluate.choice_logprobs against a plain per-choice forward pass on a tiny model."""
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import data
+import evaluate
+
+
+def reference(model, tokenizer, prompt, choice, max_length):
+    c = tokenizer(choice, add_special_tokens=False)["input_ids"]
+    p = data.prompt_ids(tokenizer, prompt, max_length - len(c))
+    logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:len(p) + len(c) - 1].float()
+    return F.log_softmax(logits, -1).gather(-1, torch.tensor(c)[:, None]).sum().item()
+
+
+def one_token_strings(tokenizer, n):
+    out = []
+    for i in range(40, 400):
+        s = tokenizer.decode([i])
+        if s.strip() and tokenizer(s, add_special_tokens=False)["input_ids"] == [i]:
+            out.append(s)
+        if len(out) == n:
+            return out
+    raise AssertionError("the tiny tokenizer has too few single-token strings")
+
+
+@pytest.mark.parametrize("kind", ["one_token", "multi_token", "mixed"])
+def test_choice_logprobs_equal_a_forward_per_choice(tiny_model_dir, kind):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    singles = one_token_strings(tokenizer, 4)
+    multis = [" the river flows", " a person makes music", " contradiction neutral", " sea"]
+    assert all(len(tokenizer(m, add_special_tokens=False)["input_ids"]) > 1 for m in multis[:3])
+    prompts = ["Premise: a man plays guitar. Answer:", "Context: The river flows to the sea. Question: Where?",
+               "Hypothesis: a person makes music, a man plays guitar, the river flows to the sea. Answer:"]
+    choices = {"one_token": [singles] * 3, "multi_token": [multis] * 3,
+               "mixed": [singles, multis, singles[:2] + multis[:2]]}[kind]
+    max_length = 24  # the third prompt is cut from the left, as training cuts it
+    with torch.no_grad():
+        got = evaluate.choice_logprobs(model, tokenizer, prompts, choices, batch_size=3, device="cpu",
+                                       max_length=max_length)
+        want = [[reference(model, tokenizer, p, c, max_length) for c in cs] for p, cs in zip(prompts, choices)]
+    assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-5), (got, want)
+    assert len({tuple(g) for g in got}) == 3  # the prompts really differ in their scores
