@@ -135,8 +135,11 @@ def test_evaluation_halves_its_batch_on_out_of_memory(tiny_model_dir, shared_dat
     task.eval_split = "validation"
     examples = task.eval_examples("en", str(shared_data), n=5)
     prompts = [task.prompt(ex) for ex in examples]
-    choices = [task.choices(ex) for ex in examples]
-    want_scores = evaluate.choice_logprobs(model, tokenizer, prompts, choices, 2, "cpu")
+    # 12 examples: at least 12 forward rows however the options tokenise (one row per example
+    # when every option is one token, one per option otherwise)
+    many = task.eval_examples("en", str(shared_data), n=12)
+    many_prompts, many_choices = [task.prompt(ex) for ex in many], [task.choices(ex) for ex in many]
+    want_scores = evaluate.choice_logprobs(model, tokenizer, many_prompts, many_choices, 2, "cpu")
     want_texts = evaluate.generate(model, tokenizer, prompts, 2, "cpu", 3, (), False, 1.0, 1.0)
 
     sizes = []
@@ -149,7 +152,7 @@ def test_evaluation_halves_its_batch_on_out_of_memory(tiny_model_dir, shared_dat
                         forward(input_ids=input_ids, **kw))
     monkeypatch.setattr(model, "generate", lambda input_ids, **kw: too_big(len(input_ids)) or
                         generate(input_ids=input_ids, **kw))
-    assert evaluate.choice_logprobs(model, tokenizer, prompts, choices, 8, "cpu") == want_scores
+    assert evaluate.choice_logprobs(model, tokenizer, many_prompts, many_choices, 8, "cpu") == want_scores
     assert sizes[:2] == [8, 4] and max(sizes[2:]) == 2
     sizes.clear()
     assert evaluate.generate(model, tokenizer, prompts, 8, "cpu", 3, (), False, 1.0, 1.0) == want_texts
