@@ -172,7 +172,8 @@ def plot_per_language(table, languages, rows, out_dir):
     ax.set_xticks(range(len(languages)), languages, rotation=45 if len(languages) > 12 else 0, ha="right")
     ax.set_ylabel(table["metric"])
     ax.set_ylim(0, 1.2 * max([1.0] + [v for o, p in rows.values() for v in (*o.values(), *p.values())]))
-    ax.set_title(f"{table.get('caption', table['id'])}: ours (bars) vs paper (ticks)")
+    has_paper = any(paper for _, paper in rows.values())
+    ax.set_title(f"{table.get('caption', table['id'])}: " + ("ours (bars) vs paper (ticks)" if has_paper else "ours"))
     ax.legend(fontsize=8, ncol=min(len(names) + 1, 6), loc="upper right")
     fig.tight_layout()
     bars_path = Path(out_dir) / f"{table['id']}_bars.png"
@@ -198,7 +199,7 @@ def plot_per_language(table, languages, rows, out_dir):
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black" if bright else "white")
     ax.set_xticks(range(len(columns)), columns, rotation=45 if len(columns) > 12 else 0, ha="right")
     ax.set_yticks(range(len(names)), [METHOD_NAMES.get(r, r) for r in names])
-    ax.set_title(f"{table.get('caption', table['id'])}: ours, and ours - paper")
+    ax.set_title(f"{table.get('caption', table['id'])}: " + ("ours, and ours - paper" if has_paper else "ours"))
     fig.colorbar(image, ax=ax, label=table["metric"])
     fig.tight_layout()
     heatmap_path = Path(out_dir) / f"{table['id']}_heatmap.png"
