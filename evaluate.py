@@ -50,6 +50,11 @@ def _my_batches(order, batch_size):
     return batches[dist.get_rank()::dist.get_world_size()] if dist.is_initialized() else batches
 
 
+def _is_rank0():
+    """Whether this process writes and prints: the only one, or torchrun's rank 0."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def _rebatch(batches, batch_size):
     """`batches` cut to at most batch_size each (after running out of memory)."""
     return [b[i:i + batch_size] for b in batches for i in range(0, len(b), batch_size)]
@@ -164,21 +169,19 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device):
         examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, n=cfg.eval_samples, seed=cfg.seed)
         prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
     records = []
-    if task.kind == "choice" and cfg.choice_scoring == "generate":  # greedy answer, matched to an option
+    if task.kind == "choice":
         choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
-        texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, cfg.max_new_tokens or 8, ("\n",),
-                         False, cfg.temperature, cfg.top_p, cfg.max_length)
-        for ex, cs, text in zip(examples, choices, texts):
-            pred = data.match_choice(text, cs)
-            records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, text=text,
-                                correct=pred == ex["label"]))
-        metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
-    elif task.kind == "choice":
-        choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
-        scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, cfg.max_length)
-        for ex, s in zip(examples, scores):
-            pred = max(range(len(s)), key=s.__getitem__)
-            records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, logprobs=s,
+        if cfg.choice_scoring == "generate":  # a greedy answer, matched to an option by its first word
+            texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, cfg.max_new_tokens or 8,
+                             ("\n",), False, cfg.temperature, cfg.top_p, cfg.max_length)
+            preds = [data.match_choice(text, cs) for text, cs in zip(texts, choices)]
+            kept = [dict(text=text) for text in texts]
+        else:  # the option with the highest log-likelihood
+            scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, cfg.max_length)
+            preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
+            kept = [dict(logprobs=s) for s in scores]
+        for ex, pred, more in zip(examples, preds, kept):
+            records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, **more,
                                 correct=pred == ex["label"]))
         metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
     else:
@@ -224,7 +227,7 @@ def check_cached(cfg, rows_extra, languages, overwrite):
     if stale and not overwrite:
         raise ValueError(f"{len(stale)} cached result(s) were computed with other settings; pass --overwrite to "
                          f"evaluate them again:\n  " + "\n  ".join(stale))
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if _is_rank0():
         for line in stale:
             print(f"re-evaluating {line}")
 
@@ -233,8 +236,7 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
     """Evaluate one model (row of the table) in every language, resuming finished languages whose
     settings match (check_cached has refused or approved the others)."""
     results = {}
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    for lang in tqdm(languages, desc=f"eval {row}", disable=rank != 0):
+    for lang in tqdm(languages, desc=f"eval {row}", disable=not _is_rank0()):
         path = cfg.run_dir / "eval" / row / f"{lang}.json"
         if path.is_file() and not changed_settings(path, extra):
             results[lang] = json.loads(path.read_text())
@@ -243,7 +245,7 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
         result = evaluate_language(model, tokenizer, task, cfg, lang, device)
         result.update(seconds=time.time() - start, **extra)
         results[lang] = result
-        if rank == 0:  # every rank has the gathered result; one writes it
+        if _is_rank0():  # every rank has the gathered result; one writes it
             C.write_json_atomic(path, result)
             tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
     return results
