@@ -61,3 +61,11 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real benchmark copies not found at {SHARED_DATA} (../shared/data beside the repo)")
     return SHARED_DATA
+
+
+def logits_and_grads(model, ids, mask, positions):
+    """The real positions' logits, and every trainable tensor's gradient of a loss over them."""
+    logits = model(ids, attention_mask=mask, position_ids=positions).logits
+    logits[mask.bool()].square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach()[mask.bool()], grads

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 
 import adapters
 import models
+from conftest import logits_and_grads
 
 
 def tiny(config_class=LlamaConfig, **kw):
@@ -288,10 +289,7 @@ def test_tiny_llama_with_kernel_matches_torch_path(method):
         if method == "adapter":
             for layer in model.model.layers:
                 layer.self_attn.prefix_adapter.gate.data.fill_(0.7)
-        logits = model(ids, attention_mask=mask, position_ids=positions).logits
-        logits[mask.bool()].square().mean().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        outs[backend] = (logits.detach()[mask.bool()], grads)
+        outs[backend] = logits_and_grads(model, ids, mask, positions)
     torch.testing.assert_close(outs["triton"][0], outs["torch"][0], rtol=1e-4, atol=1e-4)
     assert outs["triton"][1].keys() == outs["torch"][1].keys()
     for name, grad in outs["torch"][1].items():

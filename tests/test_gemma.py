@@ -14,6 +14,7 @@ from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
 
 import adapters
 import models
+from conftest import logits_and_grads
 from kernels.reference import prefix_attention_ref
 
 WINDOW = 4
@@ -117,10 +118,7 @@ def test_kernel_matches_torch_path(method):
     outs = {}
     for backend in BACKENDS:
         model = with_method(base, method, backend)
-        logits = model(ids, attention_mask=mask, position_ids=positions).logits
-        logits[mask.bool()].square().mean().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        outs[backend] = (logits.detach()[mask.bool()], grads)
+        outs[backend] = logits_and_grads(model, ids, mask, positions)
     torch.testing.assert_close(outs["triton"][0], outs["torch"][0], rtol=1e-5, atol=1e-5)
     assert outs["triton"][1].keys() == outs["torch"][1].keys()
     for name, grad in outs["torch"][1].items():
