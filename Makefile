@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a machine with no torch, this is what gets installed (on our CPU machines: a CPU build on disk).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-gpu bench clean
+.PHONY: setup demo test test-gpu bench bench-peft replica clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ test-gpu: setup
 
 bench: setup
 	$(PY) benchmarks/bench_attention.py
+
+# end to end against PEFT on one CUDA GPU (PEFT comes with requirements-dev.txt)
+bench-peft: setup
+	$(PY) benchmarks/bench_peft.py --out benchmarks/results_peft
+
+# the small-scale replica: 5 methods x XNLI, XQuAD, Belebele x SmolLM2-135M, Gemma 3 270M (results/replica/)
+replica: setup
+	$(PY) replica.py
 
 clean:
 	rm -rf runs .pytest_cache
