@@ -79,9 +79,33 @@ def parse_sets(items):
     return args, values
 
 
-def headline(names, runs_dir):
-    """{model: {task: {method: {avg, en, non_en, non_en_vs_base}}}} from finished runs."""
+def per_example(runs_dir, name, results):
+    """{(lang, example id): score} of a run's own row, from its eval/<row>/<lang>.json files: the
+    metric where each prediction has it (XQuAD F1), else 100 x correct (accuracy)."""
+    row = "base" if name.startswith("base_") else report.trained_row(results)
     out = {}
+    for path in sorted((Path(runs_dir) / name / "eval" / row).glob("*.json")):
+        record = json.loads(path.read_text())
+        for p in record["predictions"]:
+            value = p[results["metric"]] if results["metric"] in p else 100.0 * p["correct"]
+            out[(record["language"], p["id"])] = value
+    return out
+
+
+def paired_se(ours, base, english):
+    """Standard error of the mean non-English difference over the examples both runs scored (the
+    same questions, so the noise of which questions were drawn cancels); None under 2 examples."""
+    diffs = [ours[k] - base[k] for k in ours if k in base and k[0] != english]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    return (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+
+
+def headline(names, runs_dir):
+    """{model: {task: {method: {avg, en, non_en, non_en_vs_base, non_en_vs_base_se}}}} from
+    finished runs; the standard error is of the paired per-example difference to the base run."""
+    out, examples = {}, {}
     for name in names:
         results = report.load_results(runs_dir, name)
         if results is None:
@@ -93,11 +117,14 @@ def headline(names, runs_dir):
         out.setdefault(model, {}).setdefault(task, {})[method] = dict(
             metric=results["metric"], avg=report.mean(values.values()), en=values.get(english),
             non_en=report.mean(others), n_languages=len(values))
-    for tasks in out.values():
-        for methods in tasks.values():
+        examples[model, task, method] = per_example(runs_dir, name, results)
+    for model, tasks in out.items():
+        for task, methods in tasks.items():
             base = methods.get("base", {}).get("non_en")
-            for row in methods.values():
+            for method, row in methods.items():
                 row["non_en_vs_base"] = None if base is None or row["non_en"] is None else row["non_en"] - base
+                row["non_en_vs_base_se"] = None if base is None else paired_se(
+                    examples[model, task, method], examples[model, task, "base"], ENGLISH[task])
     return out
 
 
@@ -109,11 +136,18 @@ def render_headline(table):
             metric = next(iter(methods.values()))["metric"]
             lines += [f"### {model}, {task} ({metric}, {next(iter(methods.values()))['n_languages']} languages)", "",
                       report.markdown_table(
-                          ["method", "avg", "English", "non-English avg", "non-English vs base"],
+                          ["method", "avg", "English", "non-English avg", "non-English vs base (± s.e.)"],
                           [[report.METHOD_NAMES.get(m, m), fmt(r["avg"]), fmt(r["en"]), fmt(r["non_en"]),
-                            "" if r["non_en_vs_base"] is None else f"{r['non_en_vs_base']:+.1f}"]
-                           for m, r in methods.items()]), ""]
+                            change(r)] for m, r in methods.items()]), ""]
     return "\n".join(lines)
+
+
+def change(row):
+    """"+6.9 ± 2.3": the non-English change against the base model, with the paired standard error."""
+    if row["non_en_vs_base"] is None:
+        return ""
+    se = row.get("non_en_vs_base_se")
+    return f"{row['non_en_vs_base']:+.1f}" + ("" if not se else f" ± {se:.1f}")
 
 
 def main(argv=None):

@@ -59,3 +59,32 @@ def test_headline_english_non_english_and_change_against_base(tmp_path):
     assert prefix["non_en_vs_base"] is None  # no base run of that task: no change to report
     text = replica.render_headline(table)
     assert "| LoRA r=4 | 10.7 | 30.0 | 1.0 | -2.0 |" in text
+
+
+def write_predictions(runs_dir, name, row, lang, values, key="correct"):
+    path = runs_dir / name / "eval" / row / f"{lang}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    preds = [{"id": f"q{i}", key: v} for i, v in enumerate(values)]
+    path.write_text(json.dumps(dict(language=lang, n=len(values), predictions=preds)))
+
+
+def test_headline_standard_error_is_of_the_paired_non_english_differences(tmp_path):
+    write_results(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": {"en": 50.0, "de": 25.0}})
+    write_results(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"lora": {"en": 100.0, "de": 75.0}})
+    write_predictions(tmp_path, "base_xnli_smollm2", "base", "de", [True, False, False, False])
+    write_predictions(tmp_path, "lora_xnli_smollm2", "lora", "de", [True, True, True, False])
+    # English differs in every example: were it counted, the error would change
+    write_predictions(tmp_path, "base_xnli_smollm2", "base", "en", [False, False, True, True])
+    write_predictions(tmp_path, "lora_xnli_smollm2", "lora", "en", [True, True, True, True])
+    table = replica.headline(replica.run_names(["smollm2"], ["xnli"]), tmp_path)
+    lora = table["smollm2"]["xnli"]["lora"]
+    # de differences 0, 100, 100, 0: mean 50, sample sd 57.735, s.e. 57.735 / 2
+    assert lora["non_en_vs_base"] == pytest.approx(50.0)
+    assert lora["non_en_vs_base_se"] == pytest.approx(100 / 3 ** 0.5 / 2)
+    assert table["smollm2"]["xnli"]["base"]["non_en_vs_base_se"] == 0.0
+    assert "| LoRA r=4 | 87.5 | 100.0 | 75.0 | +50.0 ± 28.9 |" in replica.render_headline(table)
+    # XQuAD scores per question are the F1 each prediction carries
+    write_results(tmp_path, "base_xquad_smollm2", "base", "xquad", {"base": {"en": 0.0, "de": 10.0}})
+    write_predictions(tmp_path, "base_xquad_smollm2", "base", "de", [10.0, 30.0], key="f1")
+    results = json.loads((tmp_path / "base_xquad_smollm2" / "results.json").read_text())
+    assert replica.per_example(tmp_path, "base_xquad_smollm2", results) == {("de", "q0"): 10.0, ("de", "q1"): 30.0}
