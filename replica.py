@@ -14,7 +14,7 @@ finished, then `evaluate.py` (which resumes per language). Every method is train
 Writes to --out (default results/replica/): report.md (per-language tables, groups by script and
 family, PNG bars and heatmaps, from report.py), headline.md and headline.json (per model and
 task: average, English, non-English average and its change against the base model, per method),
-and timings.json (wall seconds of each train and evaluate command, with the device).
+and timings.json (wall seconds of each train and evaluate command, summed over resumes, with the device).
 """
 import argparse
 import json
@@ -51,12 +51,13 @@ def device_name():
 
 
 def step(command, timings, key):
-    """Run one command; record its wall time. A failure stops the replica with the command shown."""
+    """Run one command; add its wall time to the key's (a rerun that resumes adds its part to the
+    first run's, not replaces it). A failure stops the replica with the command shown."""
     print("+", " ".join(command), flush=True)
     start = time.time()
     if subprocess.run(command, cwd=ROOT).returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}  (fix it, then rerun replica.py: finished work is kept)")
-    timings[key] = round(time.time() - start, 1)
+    timings[key] = round(timings.get(key, 0.0) + time.time() - start, 1)  # summed over resumes
 
 
 def run_one(name, cfg, timings, overrides):
