@@ -80,15 +80,14 @@ def parse_sets(items):
     return args, values
 
 
-def per_example(runs_dir, name, results):
-    """{(lang, example id): score} of a run's own row, from its eval/<row>/<lang>.json files: the
+def per_example(runs_dir, name, row, metric):
+    """{(lang, example id): score} of one row of a run, from its eval/<row>/<lang>.json files: the
     metric where each prediction has it (XQuAD F1), else 100 x correct (accuracy)."""
-    row = "base" if name.startswith("base_") else report.trained_row(results)
     out = {}
     for path in sorted((Path(runs_dir) / name / "eval" / row).glob("*.json")):
         record = json.loads(path.read_text())
         for p in record["predictions"]:
-            value = p[results["metric"]] if results["metric"] in p else 100.0 * p["correct"]
+            value = p[metric] if metric in p else 100.0 * p["correct"]
             out[(record["language"], p["id"])] = value
     return out
 
@@ -112,13 +111,14 @@ def headline(names, runs_dir):
         if results is None:
             continue
         method, task, model = name.split("_" + results["task"] + "_")[0], results["task"], name.rsplit("_", 1)[1]
-        values = report.scores(results, "base" if method == "base" else report.trained_row(results))
+        row = "base" if method == "base" else report.trained_row(results)
+        values = report.scores(results, row)
         english = ENGLISH[task]
         others = [v for lang, v in values.items() if lang != english]
         out.setdefault(model, {}).setdefault(task, {})[method] = dict(
             metric=results["metric"], avg=report.mean(values.values()), en=values.get(english),
             non_en=report.mean(others), n_languages=len(values))
-        examples[model, task, method] = per_example(runs_dir, name, results)
+        examples[model, task, method] = per_example(runs_dir, name, row, results["metric"])
     for model, tasks in out.items():
         for task, methods in tasks.items():
             base = methods.get("base", {}).get("non_en")
