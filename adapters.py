@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AttentionInterface
+from transformers.cache_utils import Cache
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -168,7 +169,10 @@ class SoftPrompt(nn.Module):
     def pre_hook(self, decoder, args, kwargs):
         input_ids = kwargs.pop("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        cache = kwargs.get("past_key_values")
+        # the KV cache is whichever keyword holds a Cache: `past_key_values` up to transformers 5.23,
+        # `cache` from 5.24 on. Found by type, not by name, so a renamed keyword cannot make every
+        # decoding step look like a first call (which would insert the prompt again before each token)
+        cache = next((v for v in kwargs.values() if isinstance(v, Cache)), None)
         mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
         n = self.prompt.shape[0]
         if cache is not None and cache.get_seq_length() > 0:  # decoding: the prompt is in the cache

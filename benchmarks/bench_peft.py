@@ -175,6 +175,22 @@ def generate_tokens(model, ids, new_tokens):
     return out[:, -new_tokens:]
 
 
+def check_cached_generation(model, ids, new_tokens):
+    """Refuse to time a generation path whose KV-cache decoding is wrong: greedy tokens with the cache
+    must equal those recomputed without it. PEFT 0.21's prompt and prefix tuning fail this under
+    transformers >= 5.24, which hands the cache to the model as `cache=` while PEFT's
+    prepare_inputs_for_generation reads and writes `past_key_values`: every step looks like the first,
+    so prefix tuning decodes against a fresh prefix cache and prompt tuning prepends its prompt again."""
+    with torch.no_grad():
+        cached = generate_tokens(model, ids, new_tokens)
+        uncached = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                                  use_cache=False)[:, -new_tokens:]
+    if not torch.equal(cached, uncached):
+        raise RuntimeError(f"cached generation differs from uncached in {(cached != uncached).sum().item()} of "
+                           f"{cached.numel()} tokens (wrong KV-cache decoding); not timed")
+
+
 def section_inputs(section, base, sizes, device, seq=None):
     """Random tokens for one section: (batch, seq) to train on, the scoring set's batches of rows
     (prompt + option, every row one length), or (gen_batch, gen_prompt) prompts."""
@@ -301,6 +317,8 @@ def run_cell(model, base, section, seq, floor, sizes, device, args):
     try:
         inputs = section_inputs(section, base, sizes, device, seq)
         model.train(section == "train")
+        if section == "generate":
+            check_cached_generation(model, inputs, min(sizes["gen_new"], 8))
         step, count = step_fn(section, model, inputs, sizes, floor)
         reps, warmup = (args.steps, 2) if section == "train" else (sizes["reps"], 1)
         seconds, peak = measure(step, reps, warmup, device)

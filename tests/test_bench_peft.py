@@ -183,11 +183,28 @@ def test_scores_and_generated_tokens_equal_across_implementations(method):
         model.eval()
         scores = torch.cat([B.option_logprobs(model, r, sizes["score_option_len"]) for r in rows])
         out[name] = scores, B.generate_tokens(model, prompts, sizes["gen_new"])
-    print(method, {k: v[0].tolist() for k, v in out.items()})
+    # the reference tokens: greedy decoding by whole forward passes of PEFT's model, no generate() and
+    # no KV cache, so they hold whatever the transformers version (PEFT's own generate() decodes prompt
+    # and prefix tuning wrongly from transformers 5.24 on; see B.check_cached_generation)
+    reference = prompts
+    with torch.no_grad():
+        for _ in range(sizes["gen_new"]):
+            logits = peft_model(input_ids=reference, attention_mask=torch.ones_like(reference)).logits
+            reference = torch.cat([reference, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    reference = reference[:, -sizes["gen_new"]:]
+    print(method, {k: v[0].tolist() for k, v in out.items()}, "reference", reference[0].tolist())
     for name in ("triton", "peft"):
         torch.testing.assert_close(out[name][0], out["torch"][0], rtol=1e-4, atol=1e-4, msg=name)
-        assert torch.equal(out[name][1], out["torch"][1]), (name, out[name][1], out["torch"][1])
+    for name in ("torch", "triton"):
+        assert torch.equal(out[name][1], reference), (name, out[name][1], reference)
     assert out["torch"][1].shape == (2, 4)
+    # the benchmark times PEFT's cached generation only where it decodes right
+    if torch.equal(out["peft"][1], reference):
+        B.check_cached_generation(peft_model, prompts, sizes["gen_new"])
+    else:
+        with pytest.raises(RuntimeError, match="cached generation differs"):
+            B.check_cached_generation(peft_model, prompts, sizes["gen_new"])
+    B.check_cached_generation(ref, prompts, sizes["gen_new"])  # ours never differs
 
 
 # ---- activation checkpointing ------------------------------------------------------------------------
