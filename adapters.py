@@ -95,12 +95,56 @@ def torch_prefix_attention(query, key, value, prefix_k, prefix_v, gate, attentio
     return seq + torch.tanh(gate.float()).to(query.dtype).view(1, -1, 1, 1) * pre
 
 
-def _key_start(attention_mask):
-    """Per-sequence index of the first valid key of a left-padded mask: the first key any query sees
-    (not the last query's first key: under a sliding window that one sees only the window)."""
+def _key_start(attention_mask, window=None):
+    """Per-sequence index of the first valid key, for the fused kernel, which represents exactly one
+    kind of mask: causal, bottom-right aligned, keys before a per-row start masked (left padding),
+    and optionally a sliding window. Any other mask (packed sequences' block diagonal, a 2D mask with
+    holes, a custom 4D mask, a static cache's unused slots) is a ValueError, never a silent wrong answer.
+
+    Only query rows that see their own key are compared: the others are padding (left or right),
+    whose outputs nothing reads, and transformers may unmask such rows wholly to avoid NaN.
+    The check runs once per mask tensor: the layers of one forward share it.
+    """
     if attention_mask is None:
         return None
-    return attention_mask[:, 0].any(-2).int().argmax(-1)  # (B,)
+    cached = getattr(attention_mask, "_xprefix_key_start", None)
+    if cached is not None:
+        return cached
+    allowed = _as_allowed(attention_mask)[:, 0]  # (B, M, N)
+    batch, m, n = allowed.shape
+    diagonal = torch.arange(m, device=allowed.device) + n - m  # each query's own key
+    real = allowed.gather(2, diagonal.view(1, m, 1).expand(batch, m, 1))[..., 0]  # (B, M)
+    # the first key any real query sees (not the last query's: under a window it sees only the window)
+    seen = (allowed & real[..., None]).any(1)  # (B, N)
+    key_start = seen.int().argmax(-1)  # (B,)
+    want = _causal_mask(m, n, allowed.device, window)[None] & (
+        torch.arange(n, device=allowed.device)[None, None] >= key_start[:, None, None])  # (B, M, N)
+    wrong = (want != allowed) & real[..., None]
+    if wrong.any():
+        b, i, j = (int(x) for x in wrong.nonzero()[0])
+        raise ValueError(
+            f"attn_backend 'triton' represents causal masks with left padding (one first key per row)"
+            f"{' and a ' + str(window) + '-key window' if window else ''}; this attention_mask is another "
+            f"kind (packed sequences, a 2D mask with holes, a custom 4D mask or a static cache): batch row "
+            f"{b}, query {i} {'sees' if allowed[b, i, j] else 'does not see'} key {j}. Use attn_backend "
+            f"'torch', which applies any boolean mask exactly")
+    attention_mask._xprefix_key_start = key_start
+    return key_start
+
+
+def _as_allowed(attention_mask):
+    """A 4D mask as booleans: True where a key is visible. Float masks are additive: 0 visible, -inf
+    (or the dtype's minimum) hidden; any other value is a bias no path here applies."""
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if attention_mask.is_floating_point():
+        hidden = attention_mask <= torch.finfo(attention_mask.dtype).min / 2
+        if not ((attention_mask == 0) | hidden).all():
+            raise ValueError("attention_mask holds additive biases other than 0 and -inf; xprefix attention "
+                             "applies only visible/hidden masks")
+        return ~hidden
+    raise ValueError(f"attention_mask of dtype {attention_mask.dtype}: expected a bool mask (True = visible) "
+                     f"or an additive float mask (0 / -inf)")
 
 
 def xprefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
@@ -122,7 +166,7 @@ def xprefix_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         pk, pv = state.keys_values(module) if state is not None else (None, None)
         gate = state.gate if state is not None else None
         out = prefix_attention(query, key, value, pk, pv, gate, causal=True, scale=scaling,
-                               key_start=_key_start(attention_mask), window=sliding_window)
+                               key_start=_key_start(attention_mask, sliding_window), window=sliding_window)
         return out.transpose(1, 2).contiguous(), None  # (B, M, Hq, D)
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,

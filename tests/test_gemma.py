@@ -6,6 +6,7 @@ attention; with a prefix, a layer's output must be plain reference math in which
 sequence keys but never the prefix. Real weights (`gemma3-270m`) are not needed here.
 """
 import copy
+import inspect
 
 import pytest
 import torch
@@ -97,12 +98,14 @@ def test_cached_decoding_matches_full_forward(method, backend):
     prefill = 6
     with torch.no_grad():
         full = model(ids, attention_mask=mask, position_ids=positions).logits
-        cache = DynamicCache(config=model.config)
+        # the cache's keyword: `cache` from transformers 5.24 on (`past_key_values` goes in 5.40)
+        key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        cache = {key: DynamicCache(config=model.config)}
         steps = [model(ids[:, :prefill], attention_mask=mask[:, :prefill], position_ids=positions[:, :prefill],
-                       past_key_values=cache, use_cache=True).logits]
+                       use_cache=True, **cache).logits]
         for t in range(prefill, ids.shape[1]):
             steps.append(model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=positions[:, t:t + 1],
-                               past_key_values=cache, use_cache=True).logits)
+                               use_cache=True, **cache).logits)
     cached = torch.cat(steps, 1)
     valid = mask.bool()
     torch.testing.assert_close(cached[valid], full[valid], rtol=1e-5, atol=1e-5)
