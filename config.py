@@ -48,6 +48,12 @@ class RunConfig:
     grad_accum: int = 1
     eval_batch_size: int = 8
     max_length: int = 1024
+    # how evaluation meets max_length: "whole" keeps every prompt whole (max_length bounds training
+    # only; the model's context window still cuts, counted and warned); "subset" scores only the
+    # examples whose prompt and answer fit max_length in every evaluated language (the same ids in
+    # each, so languages stay comparable: for CPU-sized runs); "cut" cuts prompts from the left as
+    # training does, counted per language (and lost XQuAD answers, MGSM exemplars) and warned about
+    eval_fit: str = "whole"
     max_new_tokens: int | None = None   # None: the task's default
     do_sample: bool | None = None       # None: the task's default (sampling for XQuAD, as the paper)
     temperature: float = 0.1
@@ -75,6 +81,7 @@ CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "prompt_style": ("paper", "harness"),
     "choice_scoring": ("loglik", "generate"),
+    "eval_fit": ("whole", "subset", "cut"),
     "parallel": ("ddp", "fsdp"),
 }
 POSITIVE = ("n_prefix_tokens", "n_adapted_layers", "lora_rank", "batch_size", "grad_accum", "eval_batch_size",
@@ -131,6 +138,19 @@ def validate(raw: dict, where: str) -> list[str]:
     return problems
 
 
+def _yaml_floats(raw: dict) -> dict:
+    """YAML 1.1 reads `lr: 1e-5` (no dot in the mantissa) as the string "1e-5": for a float field, a
+    string that is a number in float syntax is that number."""
+    out = dict(raw)
+    for name, value in raw.items():
+        if name in FIELDS and isinstance(value, str) and FIELDS[name].type in (float, float | None):
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass  # reported by validate as a wrong type
+    return out
+
+
 def load_runs(path=RUNS_FILE) -> dict[str, dict]:
     """Every run of `path` as a raw mapping, defaults merged; problems of all runs in one error."""
     path = Path(path)
@@ -148,7 +168,7 @@ def load_runs(path=RUNS_FILE) -> dict[str, dict]:
         if not isinstance(entry, dict) or "name" not in entry:
             problems.append(f"{path}: runs[{i}] must be a mapping with a 'name'")
             continue
-        raw = {**defaults, **entry}
+        raw = _yaml_floats({**defaults, **entry})
         if raw["name"] in runs:
             problems.append(f"{path}: run {raw['name']!r} is defined twice")
         problems += validate(raw, f"{path}: run {raw['name']!r}")

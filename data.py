@@ -9,7 +9,8 @@ file in the hub's schema:
     xquad/xquad.<lang>.json            SQuAD v1.1 JSON                    (hub google/xquad)
     squad/train.json                   SQuAD v1.1 JSON                    (hub rajpurkar/squad)
     belebele/<lang>_<Script>.jsonl     hub schema                         (hub facebook/belebele)
-    belebele_train/train.jsonl         {passage, question, options, label}
+    belebele_train/train.jsonl         {passage, question, options, label, source (optional)}
+    race/train.jsonl, sciq/train.jsonl hub schema                         (hub ehovy/race all, allenai/sciq)
     mgsm/mgsm_<lang>.tsv, mgsm/exemplars_train.json                       (hub juletxara/mgsm)
     gsm8k/train.jsonl                  {question, answer}                 (hub openai/gsm8k)
 
@@ -36,6 +37,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 
 # code -> metadata. Resource levels: the paper calls XNLI/XQuAD languages mostly high-resource and
@@ -191,6 +193,7 @@ class Task:
     stop: tuple = ()
     primary_metric = "accuracy"
     train_sources: tuple = (None,)
+    default_source = ""            # the name of what train_source None reads
     eval_subsets: tuple = (None,)
 
     def check_language(self, lang):
@@ -202,6 +205,10 @@ class Task:
             raise ValueError(f"{self.name}: unknown training source {source!r}; valid: {self.train_sources}")
         if subset not in self.eval_subsets:
             raise ValueError(f"{self.name}: unknown eval subset {subset!r}; valid: {self.eval_subsets}")
+
+    def check_train_source(self, data_dir=None, source=None):
+        """Raise ValueError, before any long work, if `source` cannot give this task's training set."""
+        self._check(source=source)
 
     def train_examples(self, data_dir=None, source=None, n=None, seed=0):
         raise NotImplementedError
@@ -222,6 +229,11 @@ class Task:
     def score(self, prediction, ex):
         raise NotImplementedError(f"{self.name} is a {self.kind} task")
 
+    def cut_losses(self, ex, prompt, n_chars):
+        """What an answer depends on that `prompt`, cut from the left, loses with its first n_chars
+        characters, as counts to sum over examples; {} where the task names no such part."""
+        return {}
+
 
 def _check_style(style):
     if style not in ("paper", "harness"):
@@ -241,6 +253,7 @@ class XNLI(Task):
     kind = "choice"
     languages = ("en", "hi", "el", "vi", "sw", "bg", "th", "ar", "de", "es", "fr", "ru", "tr", "zh", "ur")
     train_sources = (None, "multi_nli", "xnli_en_validation")
+    default_source = "multi_nli"  # what train_source None reads, as train_log.json names it
     eval_subsets = (None, "heldout")
     default_train_n = 100_000
 
@@ -427,6 +440,7 @@ class XQuAD(Task):
     primary_metric = "f1"
     do_sample = True  # the paper samples XQuAD answers: temperature 0.1, top-p 0.75
     train_sources = (None, "squad", "xquad_en_articles_0_31")
+    default_source = "squad"  # what train_source None reads, as train_log.json names it
     eval_subsets = (None, "articles_32_47")
     eval_split = "validation"  # XQuAD has only this split
 
@@ -493,6 +507,13 @@ class XQuAD(Task):
     def score(self, prediction, ex):
         return squad_scores(cut_at_stop(prediction, self.stop), ex["answers"], ex.get("lang", "en"))
 
+    def cut_losses(self, ex, prompt, n_chars):
+        """{"answer_lost": 1 when a gold answer is in the prompt but none is in the part kept}: an
+        extractive answer can then no longer be copied."""
+        answers = [a for a in ex["answers"] if a]
+        lost = any(a in prompt for a in answers) and not any(a in prompt[n_chars:] for a in answers)
+        return dict(answer_lost=int(lost))
+
 
 # --- Belebele ---------------------------------------------------------------------------------
 
@@ -521,18 +542,34 @@ class Belebele(Task):
     """Belebele: 4-way reading comprehension on FLORES passages, 900 questions per language.
 
     Default languages are the paper's 23; any of Belebele's 122 `<lang>_<Script>` configs is
-    accepted. Training ("the suggested English training set", 67.5K in the paper: RACE, SciQ,
-    MultiRC, MCTest, MCScript2.0, ReClor) is read from a prepared local file
-    belebele_train/train.jsonl with one {passage, question, options: [4 strings], label: 0-3} per
-    line; from the hub only RACE (ehovy/race, all) and SciQ (allenai/sciq) are assembled, as the
-    other four have no reliable hub copy in a common schema. Source "belebele_eng_train_half" and
-    subset "heldout" split Belebele's own passages (even-numbered English passages train, odd
-    ones are tested, in any language, matched by passage link).
+    accepted. Training, by source:
+      None: the paper's set ("the suggested English training set", 67.5K: RACE, SciQ, MultiRC,
+        MCTest, MCScript2.0, ReClor), read from a prepared local file belebele_train/train.jsonl
+        with one {passage, question, options: [4 strings], label: 0-3, source (optional)} per line.
+        Four of the six have no hub copy in a common schema, so it cannot be built from the hub:
+        without the file this source is an error, never a smaller set in its place.
+      "race_sciq": RACE (ehovy/race, all) and SciQ (allenai/sciq) only, from the hub or from local
+        race/train.jsonl and sciq/train.jsonl in the hub schema: what can be assembled, not the paper's set.
+      "belebele_eng_train_half": English Belebele questions of the even passages; subset "heldout"
+        tests the odd ones, in any language, matched by passage link.
+    Every row carries its `source`, which training counts into train_log.json.
     """
     name = "belebele"
     kind = "choice"
     languages = BELEBELE_LANGUAGES
-    train_sources = (None, "belebele_eng_train_half")
+    train_sources = (None, "race_sciq", "belebele_eng_train_half")
+    default_source = "belebele_train"  # what train_source None reads, as train_log.json names it
+    _SIX_SOURCES = "belebele_train/train.jsonl with {passage, question, options: [4 strings], label: 0-3}"
+
+    def check_train_source(self, data_dir=None, source=None):
+        """Before any long work: the paper's six-source set needs its prepared local file."""
+        self._check(source=source)
+        if source is None and (data_dir is None or not (Path(data_dir) / "belebele_train" / "train.jsonl").is_file()):
+            where = "the hub" if data_dir is None else f"{Path(data_dir) / 'belebele_train' / 'train.jsonl'} (missing)"
+            raise ValueError(f"belebele: the paper's six-source training set (RACE, SciQ, MultiRC, MCTest, "
+                             f"MCScript2.0, ReClor; 67.5K) cannot be read from {where}: four of its sources have "
+                             f"no hub copy in a common schema. Prepare {self._SIX_SOURCES} under data_dir, or set "
+                             f"train_source: race_sciq to train on RACE + SciQ only (not the paper's set)")
     eval_subsets = (None, "heldout")
     eval_split = "test"
 
@@ -560,26 +597,34 @@ class Belebele(Task):
         """English multiple-choice training rows in the MRC schema {passage, question, options, label}.
 
         Args:
-            data_dir: None for the hub (RACE + SciQ), else a folder with belebele_train/train.jsonl.
-            source: None, or "belebele_eng_train_half" (English Belebele questions of the even
-                passages; reads belebele/eng_Latn.jsonl).
+            data_dir: None for the hub, else a local folder (see the class docstring per source).
+            source: None (the paper's six-source set: a prepared belebele_train/train.jsonl),
+                "race_sciq" (RACE + SciQ only), or "belebele_eng_train_half" (English Belebele
+                questions of the even passages; reads belebele/eng_Latn.jsonl).
             n: number of rows to sample; None: all.
             seed: sampling seed.
         """
-        self._check(source=source)
+        self.check_train_source(data_dir, source)
         if source == "belebele_eng_train_half":
             heldout = self._heldout_links(data_dir)
-            rows = [r for r in self._rows("eng_Latn", data_dir) if r["link"] not in heldout]
-        elif data_dir is None:
-            rows = [race_to_mrc(r, i) for i, r in enumerate(_hub("ehovy/race", "all", "train"))]
-            rows += [sciq_to_mrc(r, i) for i, r in enumerate(_hub("allenai/sciq", None, "train"))]
+            rows = [dict(r, source="belebele_eng") for r in self._rows("eng_Latn", data_dir) if r["link"] not in heldout]
+        elif source == "race_sciq":
+            if data_dir is None:
+                race, sciq = _hub("ehovy/race", "all", "train"), _hub("allenai/sciq", None, "train")
+            else:
+                race = _read_jsonl(_local(data_dir, "race/train.jsonl", "race/train.jsonl in the hub schema "
+                                          "{article, question, options, answer}"))
+                sciq = _read_jsonl(_local(data_dir, "sciq/train.jsonl", "sciq/train.jsonl in the hub schema "
+                                          "{support, question, correct_answer, distractor1..3}"))
+            rows = [dict(race_to_mrc(r, i), source="race") for i, r in enumerate(race)]
+            rows += [dict(sciq_to_mrc(r, i), source="sciq") for i, r in enumerate(sciq)]
         else:
-            layout = "belebele_train/train.jsonl with {passage, question, options: [4 strings], label: 0-3}"
-            rows = _read_jsonl(_local(data_dir, "belebele_train/train.jsonl", layout))
+            rows = _read_jsonl(_local(data_dir, "belebele_train/train.jsonl", self._SIX_SOURCES))
             for i, r in enumerate(rows):
                 if len(r["options"]) != 4 or r["label"] not in range(4):
-                    raise ValueError(f"belebele_train/train.jsonl line {i + 1}: expected {layout}")
+                    raise ValueError(f"belebele_train/train.jsonl line {i + 1}: expected {self._SIX_SOURCES}")
                 r.setdefault("id", f"mrc-{i}")
+                r.setdefault("source", "belebele_train")  # the file may name each row's own source
         for r in rows:
             r["lang"] = "eng_Latn"
         return sample(rows, n, seed)
@@ -617,7 +662,8 @@ class Belebele(Task):
 # --- MGSM -------------------------------------------------------------------------------------
 
 # The native exemplars' own labels and answer sentences, per language: (question label,
-# answer label, phrases before the final number). Labels include their separator.
+# answer label, phrases before the final number). Labels include their separator; phrases do not,
+# since models vary it ("Ответ — 18" in the exemplars, "Ответ: 18", "The answer is **7**").
 MGSM_PHRASES = {
     "en": ("Question: ", "Step-by-Step Answer:", ("The answer is",)),
     "th": ("โจทย์: ", "คำตอบทีละขั้นตอน:", ("คำตอบคือ",)),
@@ -629,28 +675,88 @@ MGSM_PHRASES = {
     "te": ("ప్రశ్న: ", "దశలవారీగా సమాధానం:", ("సమాధానం",)),
     "ja": ("問題：", "ステップごとの答え：", ("答えは",)),
     "es": ("Pregunta: ", "Respuesta paso a paso:", ("La respuesta es",)),
-    "ru": ("Задача: ", "Пошаговое решение:", ("Ответ —",)),
+    "ru": ("Задача: ", "Пошаговое решение:", ("Ответ",)),
 }
-_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+
+# How each language writes numbers: (thousands separators, decimal mark), read off its test
+# questions (mgsm_<lang>.tsv): de writes "80.000" and "9,99"; es, fr and ru "80 000" and "9,99";
+# the rest "80,000" and "9.99"; all also leave many ungrouped ("1800"). The files' space is a plain
+# one; the no-break, narrow no-break and thin spaces are what CLDR and typesetters put there
+# (U+00A0 in ru, U+202F in fr), so they count too. es also groups with "." (CLDR's Spanish; the
+# file never does). zh and ja also count in 万 (10,000): ja's questions write "8万ドル".
+_SPACES = " \u00a0\u202f\u2009"
+_ENGLISH = (",", ".")
+MGSM_SEPARATORS = {lang: _ENGLISH for lang in MGSM_PHRASES}
+MGSM_SEPARATORS.update(de=(".", ","), es=(_SPACES + ".", ","), fr=(_SPACES, ","), ru=(_SPACES, ","))
+_MAN = ("zh", "ja")
 
 
-def parse_number(text):
-    """A number from text such as "2,125" or "18." (thousands separators and trailing dots go)."""
-    text = text.strip().rstrip(".。").replace(",", "")
-    try:
-        return float(text)
-    except ValueError:
-        return None
+def _number(thousands, decimal):
+    """Regex for a number written one way, never a piece of a longer one ("1.5" holds no "1",
+    "70 000" no "70"); a thousands group has exactly 3 digits after a first group of 1 to 3."""
+    spaces = "".join(c for c in thousands if c.isspace())
+    longer = r"\d|[.,]\d" + (rf"|[{spaces}]\d{{3}}(?!\d)" if spaces else "")
+    return rf"(?:(?!0)\d{{1,3}}(?:[{re.escape(thousands)}]\d{{3}})+|\d+)(?:{re.escape(decimal)}\d+)?(?!{longer})"
+
+
+def _reader(lang, english_first):
+    """(regex, conventions): one number as lang writes it or else as English does, or the other
+    way round. Each way is its own named group, n0 for the preferred, so a match says which won."""
+    ways = list(dict.fromkeys([MGSM_SEPARATORS[lang], _ENGLISH][::-1 if english_first else 1]))
+    alternatives = "|".join(f"(?P<n{i}>{_number(*way)})" for i, way in enumerate(ways))
+    man = r"(?:(?P<man>万)(?P<rest>\d{1,4}(?!\d|[.,]\d))?)?" if lang in _MAN else ""  # "5万7500"
+    # a minus only where it cannot be an operator or a dash: "35-2" is 35 and 2, "Ответ - 18" is 18
+    return rf"(?P<sign>(?<!\w)[-−])?(?<!\d)(?<!\d[.,])(?:{alternatives}){man}", ways
+
+
+_READERS = {(lang, first): _reader(lang, first) for lang in MGSM_SEPARATORS for first in (False, True)}
+# between an answer phrase and its number: spaces, markdown emphasis, a colon, a dash, a currency sign
+_AFTER_PHRASE = r"(?:[\s*_:：—–$€£¥₹৳฿₽]|-(?=\s))*"
+
+
+def _value(match, ways):
+    i = next(i for i in range(len(ways)) if match.group(f"n{i}") is not None)
+    thousands, decimal = ways[i]
+    digits = "".join(c for c in match.group(f"n{i}") if c not in thousands).replace(decimal, ".")
+    value = float(digits)  # float reads every script's digits ("１８", "১৮")
+    if match.groupdict().get("man"):  # Decimal: 0.3 * 10000 must be 3000 exactly
+        value = float(Decimal(str(value)) * 10000 + int(match.group("rest") or 0))
+    return -value if match.group("sign") else value
+
+
+def parse_number(text, lang="en"):
+    """The one number text holds, or None, read as lang writes numbers ("70 000" in fr, "1.000"
+    and "2,5" in de) or, only where that fails, as English does ("1.5" in de; "2,125", "18.")."""
+    pattern, ways = _READERS[(lang if lang in MGSM_SEPARATORS else "en", False)]
+    match = re.fullmatch(pattern, text.strip().rstrip(".。"))
+    return _value(match, ways) if match else None
 
 
 def extract_answer(text, lang="en"):
-    """(number after the language's answer phrase or None, last number in the text or None)."""
-    # the English phrase also counts: models trained on English GSM8K often answer with it
-    phrases = MGSM_PHRASES.get(lang, MGSM_PHRASES["en"])[2] + MGSM_PHRASES["en"][2]
-    pattern = "(?:" + "|".join(map(re.escape, phrases)) + rf")\s*[:：]?\s*\$?({_NUMBER})"
-    found = re.search(pattern, text)
-    numbers = re.findall(_NUMBER, text)
-    return (parse_number(found.group(1)) if found else None), (parse_number(numbers[-1]) if numbers else None)
+    """(number after the first answer phrase or None, last number in the text or None).
+
+    The English phrase counts as well as lang's: models trained on English GSM8K often answer with
+    it. Numbers are read as lang writes them, and as English does only where lang's way cannot
+    read them; after the English phrase the other way round, since a model answering in English
+    likely writes English numbers: in de "Die Antwort lautet 1,000." is 1.0, "The answer is 1,000." 1000.
+    """
+    lang = lang if lang in MGSM_SEPARATORS else "en"
+    found = []
+    for phrases, english_first in ((MGSM_PHRASES[lang][2], False), (MGSM_PHRASES["en"][2], True)):
+        pattern, ways = _READERS[(lang, english_first)]
+        alternatives = "|".join(map(re.escape, phrases))
+        match = re.search(f"(?:{alternatives}){_AFTER_PHRASE}{pattern}", text, re.IGNORECASE)
+        if match:
+            found.append((match.start(), _value(match, ways)))
+    pattern, ways = _READERS[(lang, False)]
+    numbers = list(re.finditer(pattern, text))
+    phrase = min(found, key=lambda f: f[0])[1] if found else None
+    return phrase, (_value(numbers[-1], ways) if numbers else None)
+
+
+def _shot(exemplar):
+    """One worked exemplar as MGSM prompts hold it."""
+    return f"{exemplar['question']}\n{exemplar['answer']}\n\n"
 
 
 def gsm8k_target(answer):
@@ -674,6 +780,7 @@ class MGSM(Task):
     max_new_tokens = 256
     stop = ("\n\n",) + tuple(sorted({q.strip() for q, _, _ in MGSM_PHRASES.values()}))
     primary_metric = "acc"
+    default_source = "gsm8k"  # what train_source None reads, as train_log.json names it
     eval_split = "test"
 
     def exemplars(self, lang, data_dir=None):
@@ -719,15 +826,26 @@ class MGSM(Task):
             path = _local(data_dir, f"mgsm/mgsm_{lang}.tsv", "mgsm/mgsm_<lang>.tsv: question<TAB>answer, no header")
             raw = [line.rsplit("\t", 1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         shots = [dict(question=e["question"], answer=e["answer"]) for e in self.exemplars(lang, data_dir)]
-        rows = [dict(question=q, answer_number=parse_number(str(a)), id=f"mgsm-{i:03d}", lang=lang, exemplars=shots)
+        # the answer column is English-style in every language's file ("2,125"), so read it as English
+        rows = [dict(question=q, answer_number=parse_number(str(a), "en"), id=f"mgsm-{i:03d}", lang=lang, exemplars=shots)
                 for i, (q, a) in enumerate(raw)]
         return sample(rows, n, seed)
 
     def prompt(self, ex, style="paper"):
         _check_style(style)
         question, answer, _ = MGSM_PHRASES[ex.get("lang", "en")]
-        shots = "".join(f"{e['question']}\n{e['answer']}\n\n" for e in ex.get("exemplars", ()))
+        shots = "".join(map(_shot, ex.get("exemplars", ())))
         return f"{shots}{question}{ex['question']}\n{answer}"
+
+    def cut_losses(self, ex, prompt, n_chars):
+        """{"exemplars_lost": exemplars cut away whole, "exemplars_cut": those cut in part} when the
+        prompt's first n_chars characters are cut (the exemplars open the prompt)."""
+        lost = cut = end = 0
+        for e in ex.get("exemplars", ()):
+            start, end = end, end + len(_shot(e))
+            lost += end <= n_chars
+            cut += start < n_chars < end
+        return dict(exemplars_lost=lost, exemplars_cut=cut)
 
     def target(self, ex, style="paper"):
         return " " + gsm8k_target(ex["answer"])
@@ -787,41 +905,73 @@ def schema_errors(task, data_dir):
                          f"rows must follow the hub schema (see the task's docstring in data.py)") from None
 
 
-def prompt_ids(tokenizer, prompt, room=None):
-    """Token ids of a prompt as the model sees it: with the tokenizer's special tokens (BOS).
+def fit_prompt(tokenizer, prompt, room=None):
+    """A prompt's token ids as the model sees them (with the tokenizer's special tokens, BOS), cut
+    to fit, and how much was cut.
 
     Args:
         room: the most tokens kept (None: all). A longer prompt loses tokens from the left, after
             BOS, so the question and the answer cue at its end stay whole. Training and evaluation
             cut the same way.
+
+    Returns:
+        (ids, tokens removed, characters removed): the model no longer sees prompt[:characters].
     """
-    ids = tokenizer(prompt)["input_ids"]
+    fast = getattr(tokenizer, "is_fast", False)  # only fast tokenizers give character offsets
+    encoded = tokenizer(prompt, return_offsets_mapping=True) if fast else tokenizer(prompt)
+    ids = encoded["input_ids"]
     if room is None or len(ids) <= room:
-        return ids
+        return ids, 0, 0
     bos = tokenizer.bos_token_id
     head = ids[:1] if bos is not None and ids[0] == bos and room > 1 else []
-    return head + ids[len(ids) - (room - len(head)):]
+    start = len(ids) - (room - len(head))  # the first token kept after the head
+    kept = head + ids[start:]
+    if fast:
+        chars = encoded["offset_mapping"][start][0]
+    else:
+        chars = max(len(prompt) - len(tokenizer.decode(ids[start:], skip_special_tokens=True)), 0)
+    return kept, start - len(head), chars
+
+
+def prompt_ids(tokenizer, prompt, room=None):
+    """fit_prompt's ids alone."""
+    return fit_prompt(tokenizer, prompt, room)[0]
+
+
+def answer_ids(tokenizer, prompt, answer):
+    """The answer's token ids as they stand after the prompt in the whole text, which is what the
+    model reads in a document. Tokenized alone, an answer can come out otherwise: a sentencepiece
+    tokenizer in legacy mode reads " A" as "▁▁" "A" where the text after "Answer:" has "▁A". When a
+    token spans the prompt's end and the answer's start, there is no clean split: then the answer
+    alone (the prompt's own tokens stay as the prompt has them)."""
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+    if whole[:len(head)] == head and len(whole) > len(head):
+        return whole[len(head):]
+    return tokenizer(answer, add_special_tokens=False)["input_ids"]
 
 
 def training_features(tokenizer, prompt, target, max_length):
-    """input_ids and labels of one training example: the loss is on the target and EOS only.
+    """input_ids, labels and the prompt tokens cut of one training example: the loss is on the
+    target and EOS only.
 
     Args:
         tokenizer: a Hugging Face tokenizer with an EOS token.
         prompt: the text before the answer (tokenised with special tokens, as at evaluation).
-        target: the gold continuation (tokenised on its own, as evaluation scores choices).
+        target: the gold continuation, as its tokens stand after the prompt (answer_ids; evaluation
+            scores choices the same way).
         max_length: the most tokens kept; a long prompt loses tokens from the left (after BOS)
             so that the answer stays whole.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    target_part = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    target_part = answer_ids(tokenizer, prompt, target) + [tokenizer.eos_token_id]
     room = max_length - len(target_part)
     if room < 1:  # the first answer token needs at least one prompt token to be predicted from
         raise ValueError(f"target of {len(target_part)} tokens (with EOS) leaves no room for the prompt "
                          f"in max_length {max_length}")
-    prompt_part = prompt_ids(tokenizer, prompt, room)
-    return prompt_part + target_part, [-100] * len(prompt_part) + target_part
+    prompt_part, n_cut, _ = fit_prompt(tokenizer, prompt, room)
+    return prompt_part + target_part, [-100] * len(prompt_part) + target_part, n_cut
 
 
 def file_sha256(path):

@@ -16,6 +16,7 @@ the results are gathered, and rank 0 writes the same files a single process writ
 """
 import argparse
 import csv
+import hashlib
 import io
 import json
 import sys
@@ -25,11 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 import adapters
 import config as C
 import data
 import models
+import runlock
 from train import init_distributed, script_args
 
 
@@ -76,19 +79,19 @@ def _gather(values):
 
 @torch.no_grad()
 def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_length=None):
-    """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. Prompts
-    are cut from the left to fit max_length with the choice, as training cuts them. When every
-    choice of an example is one token (XNLI's labels, Belebele's letters), one forward pass of the
-    prompt scores them all: the same numbers as one pass per choice, for a third or a quarter of
-    the work."""
-    encoded = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
+    """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. A prompt
+    is cut from the left once, to fit max_length with the example's longest choice, so every choice
+    of an example is scored after the same text. When every choice of an example is one token
+    (Belebele's letters), one forward pass of the prompt scores them all: the same numbers as one
+    pass per choice, for a quarter of the work."""
+    encoded = [[data.answer_ids(tokenizer, p, c) for c in cs] for p, cs in zip(prompts, choices)]
     pairs = []  # (example, choice index or None for "all of its one-token choices", prompt ids, choice ids)
     for i, (p, cs) in enumerate(zip(prompts, encoded)):
+        context = data.prompt_ids(tokenizer, p, max_length and max(max_length - max(map(len, cs)), 1))
         if all(len(c) == 1 for c in cs):
-            pairs.append((i, None, data.prompt_ids(tokenizer, p, max_length and max(max_length - 1, 1)), []))
+            pairs.append((i, None, context, []))
         else:
-            pairs += [(i, j, data.prompt_ids(tokenizer, p, max_length and max(max_length - len(c), 1)), c)
-                      for j, c in enumerate(cs)]
+            pairs += [(i, j, context, c) for j, c in enumerate(cs)]
     order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
     scores = [[None] * len(cs) for cs in choices]
     batches = _my_batches(order, batch_size)
@@ -120,13 +123,39 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_
     return _gather(scores)
 
 
+class _RowSampler(LogitsProcessor):
+    """Samples each row's next token with the row's own generator and masks every other token, so
+    generate() run greedily takes it. Temperature, top-p and torch.multinomial are applied as
+    do_sample=True applies them (transformers' own warpers, in its order, after the model's other
+    processors): the same distribution, but a row's draws depend on its generator alone, not on the
+    rows batched with it (transformers' sampler draws the whole batch from the global RNG)."""
+
+    def __init__(self, generators, temperature, top_p):
+        self.generators = generators
+        self.warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + \
+                       ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+
+    def __call__(self, input_ids, scores):
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = scores.softmax(-1)
+        picks = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        return torch.full_like(scores, -float("inf")).scatter_(1, picks, 0.0)
+
+
+def _prompt_seed(prompt):
+    """A number fixed by the prompt's text (Python's hash() changes between processes)."""
+    return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:6], "big")
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop, do_sample, temperature, top_p,
              max_length=None):
     """Batched generation with left padding and a KV cache; returns the new text per prompt.
     Prompts are cut from the left so prompt and answer fit max_length, as training cuts them.
-    Sampling reseeds each batch from one number drawn from the caller's RNG and the batch's first
-    prompt, so a batch samples the same whichever batches (or ranks) came before it."""
+    Sampling draws each prompt's tokens from a generator of its own, seeded by one number drawn from
+    the caller's RNG and the prompt's text, so a prompt samples the same in any batch (any
+    eval_batch_size, after halving on out-of-memory, on any rank)."""
     room = max_length and max(max_length - max_new_tokens, 1)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs = [None] * len(prompts)
@@ -134,8 +163,10 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
     batches = _my_batches(order, batch_size)
     while batches:
         idx = batches[0]
-        if do_sample:
-            torch.manual_seed(base_seed + idx[0])
+        sampling = {}
+        if do_sample:  # greedy over tokens _RowSampler drew
+            generators = [torch.Generator(device).manual_seed(base_seed + _prompt_seed(prompts[i])) for i in idx]
+            sampling = dict(logits_processor=LogitsProcessorList([_RowSampler(generators, temperature, top_p)]))
         encoded = [data.prompt_ids(tokenizer, prompts[i], room) for i in idx]
         length = max(map(len, encoded))
         ids = torch.full((len(idx), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -143,11 +174,10 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
         for row, e in enumerate(encoded):  # left padding: every prompt ends at the last column
             ids[row, length - len(e):] = torch.tensor(e)
             mask[row, length - len(e):] = 1
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
         try:
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, stop_strings=list(stop) or None, tokenizer=tokenizer,
-                                 pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling)
+                                 pad_token_id=tokenizer.pad_token_id, do_sample=False, top_k=None, **sampling)
         except torch.OutOfMemoryError:
             out = None
         if out is None:  # retry outside the except block, so the failed batch's tensors are freed first
@@ -163,55 +193,129 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
     return _gather(outputs)
 
 
-def evaluate_language(model, tokenizer, task, cfg, lang, device):
+def eval_length(cfg, model):
+    """The most tokens, prompt and answer, an evaluation prompt may take: max_length under eval_fit
+    "cut" and "subset"; under "whole" the model's context window (None where its config has none)."""
+    if cfg.eval_fit != "whole":
+        return cfg.max_length
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def prompt_rooms(task, cfg, tokenizer, examples, length):
+    """The most tokens each example's prompt keeps within `length` (None: all), as generate and
+    choice_logprobs cut it: room for the new tokens, or for the example's longest option."""
+    if length is None:
+        return [None] * len(examples)
+    if task.kind == "choice" and cfg.choice_scoring == "loglik":
+        options = [task.choices(ex, cfg.prompt_style) for ex in examples]
+        sizes = {c: len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in {c for cs in options for c in cs}}
+        answers = [max(sizes[c] for c in cs) for cs in options]
+    else:
+        answers = [cfg.max_new_tokens or task.max_new_tokens or 8] * len(examples)
+    return [max(length - n, 1) for n in answers]
+
+
+def fitting_ids(task, cfg, tokenizer, languages, length):
+    """Ids of the examples whose prompt fits `length` tokens with its answer in every language:
+    eval_fit "subset" draws eval_samples of these, the same ids in every language (the benchmarks
+    are parallel: an id is one question in each language), so the languages stay comparable. Found
+    from token counts of every language, whichever of them are cached."""
+    keep, n_candidates = None, 0
+    for lang in languages:
+        with data.schema_errors(task, cfg.data_dir):
+            examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, seed=cfg.seed)
+            sizes = map(len, tokenizer([task.prompt(ex, cfg.prompt_style) for ex in examples])["input_ids"])
+        rooms = prompt_rooms(task, cfg, tokenizer, examples, length)
+        fits = {ex["id"] for ex, size, room in zip(examples, sizes, rooms) if size <= room}
+        keep = fits if keep is None else keep & fits
+        n_candidates = max(n_candidates, len(examples))
+    if not keep:
+        raise ValueError(f"eval_fit 'subset': no {task.name} example fits max_length {length} with its answer in "
+                         f"every one of {', '.join(languages)}; raise max_length, evaluate fewer languages, or set "
+                         f"eval_fit to 'whole' or 'cut'")
+    if _is_rank0():
+        scored = min(len(keep), cfg.eval_samples or len(keep))
+        tqdm.write(f"eval_fit subset: {len(keep)} of {n_candidates} {task.name} examples fit {length} tokens in all "
+                   f"{len(languages)} languages; {scored} scored in each"
+                   + (f" (warning: fewer than eval_samples {cfg.eval_samples})" if scored < (cfg.eval_samples or 0) else ""))
+    return keep
+
+
+def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
+    """One language's metrics, every prediction, and what its prompts lost to the length limit.
+
+    Args:
+        keep_ids: eval_fit "subset": fitting_ids' ids, of which eval_samples are drawn; None: any example.
+    """
     torch.manual_seed(cfg.seed)  # sampled generation is repeatable per language, resumed or not
     with data.schema_errors(task, cfg.data_dir):
-        examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, n=cfg.eval_samples, seed=cfg.seed)
+        examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset,
+                                      n=cfg.eval_samples if keep_ids is None else None, seed=cfg.seed)
+        n_candidates = None
+        if keep_ids is not None:
+            n_candidates = len(examples)
+            examples = data.sample([ex for ex in examples if ex["id"] in keep_ids], cfg.eval_samples, cfg.seed)
         prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
+    length = eval_length(cfg, model)
+    rooms = prompt_rooms(task, cfg, tokenizer, examples, length)
+    cuts = [data.fit_prompt(tokenizer, p, room)[1:] for p, room in zip(prompts, rooms)]  # (tokens, characters)
+    lost = [dict(tokens_cut=n_tokens, **task.cut_losses(ex, p, n_chars))
+            for ex, p, (n_tokens, n_chars) in zip(examples, prompts, cuts)]
     records = []
     if task.kind == "choice":
         choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
         if cfg.choice_scoring == "generate":  # a greedy answer, matched to an option by its first word
             texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, cfg.max_new_tokens or 8,
-                             ("\n",), False, cfg.temperature, cfg.top_p, cfg.max_length)
+                             ("\n",), False, cfg.temperature, cfg.top_p, length)
             preds = [data.match_choice(text, cs) for text, cs in zip(texts, choices)]
             kept = [dict(text=text) for text in texts]
         else:  # the option with the highest log-likelihood
-            scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, cfg.max_length)
+            scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, length)
             preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
             kept = [dict(logprobs=s) for s in scores]
-        for ex, pred, more in zip(examples, preds, kept):
+        for ex, pred, more, cut in zip(examples, preds, kept, lost):
             records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, **more,
-                                correct=pred == ex["label"]))
+                                correct=pred == ex["label"], **cut))
         metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
     else:
         do_sample = cfg.do_sample if cfg.do_sample is not None else getattr(task, "do_sample", False)
         texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device,
                          cfg.max_new_tokens or task.max_new_tokens, task.stop, do_sample, cfg.temperature, cfg.top_p,
-                         cfg.max_length)
-        for ex, text in zip(examples, texts):
-            records.append(dict(id=ex.get("id"), prediction=text, **task.score(text, ex)))
-        keys = [k for k in records[0] if k not in ("id", "prediction")] if records else []
-        metrics = {k: sum(r[k] for r in records) / len(records) for k in keys}
-    return dict(language=lang, n=len(records), metrics=metrics, predictions=records)
+                         length)
+        scores = [task.score(text, ex) for ex, text in zip(examples, texts)]
+        for ex, text, score, cut in zip(examples, texts, scores, lost):
+            records.append(dict(id=ex.get("id"), prediction=text, **score, **cut))
+        metrics = {k: sum(s[k] for s in scores) / len(scores) for k in (scores[0] if scores else {})}
+    removed = [c["tokens_cut"] for c in lost if c["tokens_cut"]]
+    truncation = dict(eval_fit=cfg.eval_fit, length=length, n_candidates=n_candidates,
+                      n_fit=None if keep_ids is None else len(keep_ids), n_cut=len(removed),
+                      max_tokens_cut=max(removed, default=0), mean_tokens_cut=sum(removed) / max(len(removed), 1),
+                      lost={k: sum(c[k] for c in lost) for k in (lost[0] if lost else {}) if k != "tokens_cut"})
+    return dict(language=lang, n=len(records), metrics=metrics, truncation=truncation, predictions=records)
 
 
 # What a language's result depends on. A cached result is reused only when all of these (and the
-# adapter's hash) match; batch size and attention backend change speed, not the answer.
+# adapter's hash, and the languages a "subset" must fit) match; batch size and attention backend
+# change speed, not the answer (a sample is drawn per prompt, whatever the batch).
 EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples", "prompt_style", "max_length",
-                 "choice_scoring", "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
+                 "eval_fit", "choice_scoring", "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
+# What a result written before a setting existed was made with, where that is not the setting's
+# default: before eval_fit, prompts were cut unrecorded (and choices cut per option, samples seeded
+# per batch), which no value of today reproduces.
+BEFORE = {"eval_fit": "cut, unrecorded"}
 
 
 def changed_settings(path, extra):
     """{setting: (cached, now)} where the cached result at `path` differs from this evaluation."""
     try:
         cached = json.loads(path.read_text())
-        # a setting added after a result was written reads as its default, which it was made with
-        then = dict({k: cached["config"].get(k, C.FIELDS[k].default) for k in EVAL_SETTINGS},
-                    adapter_sha256=cached.get("adapter_sha256"))
+        # a setting added after a result was written reads as what it was made with: BEFORE, else the default
+        then = dict({k: cached["config"].get(k, BEFORE.get(k, C.FIELDS[k].default)) for k in EVAL_SETTINGS},
+                    adapter_sha256=cached.get("adapter_sha256"), fit_languages=cached.get("fit_languages"))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
         return {"file": ("unreadable or without its settings", "-")}
-    now = dict({k: extra["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"))
+    now = dict({k: extra["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
+               fit_languages=extra.get("fit_languages"))
     return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
 
 
@@ -232,9 +336,9 @@ def check_cached(cfg, rows_extra, languages, overwrite):
             print(f"re-evaluating {line}")
 
 
-def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
+def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, keep_ids=None):
     """Evaluate one model (row of the table) in every language, resuming finished languages whose
-    settings match (check_cached has refused or approved the others)."""
+    settings match (check_cached has refused or approved the others); warn of every cut prompt."""
     results = {}
     for lang in tqdm(languages, desc=f"eval {row}", disable=not _is_rank0()):
         path = cfg.run_dir / "eval" / row / f"{lang}.json"
@@ -242,12 +346,18 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra):
             results[lang] = json.loads(path.read_text())
             continue
         start = time.time()
-        result = evaluate_language(model, tokenizer, task, cfg, lang, device)
+        result = evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids)
         result.update(seconds=time.time() - start, **extra)
         results[lang] = result
         if _is_rank0():  # every rank has the gathered result; one writes it
             C.write_json_atomic(path, result)
             tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
+            cut = result["truncation"]
+            if cut["n_cut"]:
+                lost = "".join(f", {k} {v}" for k, v in cut["lost"].items())
+                tqdm.write(f"  warning: {row} {lang}: {cut['n_cut']} of {result['n']} prompts cut from the left to "
+                           f"fit {cut['length']} tokens (up to {cut['max_tokens_cut']} tokens cut, mean "
+                           f"{cut['mean_tokens_cut']:.0f}{lost}); see eval_fit")
     return results
 
 
@@ -263,6 +373,19 @@ def tables(rows: dict, languages, metric):
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(line) + " |" for line in lines]
     return out.getvalue(), "\n".join(md)
+
+
+def cut_table(rows: dict, languages) -> str:
+    """Markdown of rows x languages: prompts cut to fit / prompts scored, and what the cut ones lost."""
+    lines = ["| cut / scored | " + " | ".join(languages) + " |", "|" + "---|" * (len(languages) + 1)]
+    for row, results in rows.items():
+        cells = []
+        for lang in languages:
+            cut = results[lang]["truncation"]
+            lost = "".join(f", {k} {v}" for k, v in cut["lost"].items() if v)
+            cells.append(f"{cut['n_cut']}/{results[lang]['n']}{lost}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def group_table(table: dict) -> str:
@@ -294,6 +417,21 @@ def main(argv=None):
 
 
 def run(cfg, no_base=False, overwrite=False):
+    init_distributed()  # first: under torchrun rank 0 takes the lock and tells every rank whether it could
+    with runlock.lock_run(cfg.run_dir):  # one writer per run folder: never read an adapter that train.py is writing
+        return _run(cfg, no_base, overwrite)
+
+
+def _train_sources(cfg):
+    """Training examples per source, as train.py recorded them (None for the base model, or a run
+    trained before they were recorded), so a table says what its adapter learnt from."""
+    try:
+        return json.loads((cfg.run_dir / "train_log.json").read_text()).get("train_sources")
+    except (OSError, ValueError):
+        return None
+
+
+def _run(cfg, no_base, overwrite):
     task = data.load_task(cfg.task)
     if cfg.eval_split:
         task.eval_split = cfg.eval_split
@@ -308,7 +446,8 @@ def run(cfg, no_base=False, overwrite=False):
     device = rank_device or device
     model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
-    meta = C.provenance(cfg)
+    # a subset depends on the languages it must fit in, which are not among EVAL_SETTINGS
+    meta = dict(C.provenance(cfg), fit_languages=languages if cfg.eval_fit == "subset" else None)
     rows_extra = {}
     if not no_base or cfg.method == "base":
         rows_extra["base"] = dict(meta, adapter=None, adapter_sha256=None)
@@ -319,29 +458,38 @@ def run(cfg, no_base=False, overwrite=False):
         adapter_sha256 = data.file_sha256(adapter_dir / "adapter.safetensors")
         rows_extra[cfg.method] = dict(meta, adapter=str(adapter_dir), adapter_sha256=adapter_sha256)
     check_cached(cfg, rows_extra, languages, overwrite)
+    length = eval_length(cfg, model)
+    keep_ids = fitting_ids(task, cfg, tokenizer, languages, length) if cfg.eval_fit == "subset" else None
     rows = {}
     if "base" in rows_extra:
         adapters.set_attn_backend(model, cfg.attn_backend)
-        rows["base"] = evaluate_row(model, tokenizer, task, cfg, "base", languages, device, rows_extra["base"])
+        rows["base"] = evaluate_row(model, tokenizer, task, cfg, "base", languages, device, rows_extra["base"],
+                                    keep_ids)
     if cfg.method != "base":
         adapters.load_adapter(model, adapter_dir, attn_backend=cfg.attn_backend, method=cfg.method)
         model.eval()
         rows[cfg.method] = evaluate_row(model, tokenizer, task, cfg, cfg.method, languages, device,
-                                        rows_extra[cfg.method])
+                                        rows_extra[cfg.method], keep_ids)
 
     metric = task.primary_metric
     csv_text, md = tables(rows, languages, metric)
     groups = {by: {r: data.group_averages({l: res[l]["metrics"][metric] for l in languages}, by)
                    for r, res in rows.items()} for by in ("script", "family", "resource")}
     summary = dict(meta, adapter_sha256=adapter_sha256, task=cfg.task, metric=metric, languages=languages,
-                   rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()}, groups=groups)
+                   rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()}, groups=groups,
+                   truncation={r: {l: res[l]["truncation"] for l in languages} for r, res in rows.items()},
+                   train_sources=_train_sources(cfg))
     if rank != 0:
         return
     C.write_json_atomic(cfg.run_dir / "results.json", summary)
     grouped = "\n\n".join(f"By {by}:\n\n{group_table(table)}" for by, table in groups.items())
+    fit = f", {len(keep_ids)} examples fit in every language" if keep_ids is not None else ""
+    cuts = (f"Prompts cut from the left to fit {length} tokens with the answer (eval_fit {cfg.eval_fit}{fit}):"
+            f"\n\n{cut_table(rows, languages)}")
     C.write_text_atomic(cfg.run_dir / "results.csv", csv_text)
-    C.write_text_atomic(cfg.run_dir / "results.md", f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n\n{grouped}\n")
-    print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\n{grouped}\n\nwritten to {cfg.run_dir}")
+    C.write_text_atomic(cfg.run_dir / "results.md", f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n\n{cuts}\n\n{grouped}\n")
+    print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\n{cuts}\n\n{grouped}\n\n"
+          f"written to {cfg.run_dir}")
 
 
 if __name__ == "__main__":

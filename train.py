@@ -18,11 +18,13 @@ replicated (a few MB); the frozen base is replicated too (ddp), or sharded with 
 Only rank 0 writes files.
 """
 import argparse
+import contextlib
 import math
 import os
 import signal
 import sys
 import time
+from collections import Counter
 
 import torch
 import torch.distributed as dist
@@ -33,6 +35,7 @@ import adapters
 import config as C
 import data
 import models
+import runlock
 
 
 def answer_loss(model, input_ids, attention_mask, labels):
@@ -173,16 +176,35 @@ def load_checkpoint(model, optimizer, scheduler, path, data_layout):
 
 
 def build_features(cfg, task, tokenizer):
+    """(input_ids, labels) of every training example; how many prompts lost tokens from the left
+    to fit max_length with their answer: {n_examples, n_cut, max_tokens_cut, mean_tokens_cut}; and
+    how many examples came from each source ({"race": 87866, "sciq": 11679}, say)."""
     with data.schema_errors(task, cfg.data_dir):
         examples = task.train_examples(cfg.data_dir, source=cfg.train_source, n=cfg.train_samples, seed=cfg.seed)
         if not examples:
             raise ValueError(f"run {cfg.name!r}: the training source gave no examples")
-        return [data.training_features(tokenizer, task.prompt(ex, cfg.prompt_style),
-                                       task.target(ex, cfg.prompt_style), cfg.max_length)
-                for ex in tqdm(examples, desc="tokenizing", leave=False)]
+        features, removed = [], []
+        for ex in tqdm(examples, desc="tokenizing", leave=False):
+            ids, labels, n_cut = data.training_features(tokenizer, task.prompt(ex, cfg.prompt_style),
+                                                        task.target(ex, cfg.prompt_style), cfg.max_length)
+            features.append((ids, labels))
+            removed += [n_cut] if n_cut else []
+    cut = dict(n_examples=len(features), n_cut=len(removed), max_tokens_cut=max(removed, default=0),
+               mean_tokens_cut=sum(removed) / max(len(removed), 1))
+    if removed and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(f"{len(removed)} of {len(features)} training prompts cut from the left to fit max_length "
+              f"{cfg.max_length} with their answer (up to {cut['max_tokens_cut']} tokens, mean {cut['mean_tokens_cut']:.0f})")
+    sources = dict(Counter(ex.get("source") or cfg.train_source or task.default_source for ex in examples))
+    return features, cut, sources
 
 
 def train(cfg: C.RunConfig, resume=False, overwrite=False):
+    init_distributed()  # first: under torchrun rank 0 takes the lock and tells every rank whether it could
+    with runlock.lock_run(cfg.run_dir):  # one writer per run folder; held until the last checkpoint is written
+        return _train(cfg, resume, overwrite)
+
+
+def _train(cfg: C.RunConfig, resume, overwrite):
     run_dir = cfg.run_dir
     if (run_dir / "adapter" / "adapter_config.json").is_file() and not overwrite:
         raise SystemExit(f"run {cfg.name!r} is already finished ({run_dir / 'adapter'}); "
@@ -192,6 +214,7 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
         raise SystemExit(f"run {cfg.name!r} has a checkpoint at {ckpt}; pass --resume to continue it "
                          f"or --overwrite to start over")
     task = data.load_task(cfg.task)
+    task.check_train_source(cfg.data_dir, cfg.train_source)  # e.g. Belebele's six-source file, before loading
     if cfg.eval_languages:  # a typo here should fail now, not after hours of training
         data.check_languages(task, cfg.eval_languages)
     rank, world_size, rank_device = init_distributed()
@@ -207,17 +230,26 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
                          f"{world_size} processes; use a multiple of {world_size}")
     device, dtype = C.device_and_dtype(cfg)
     device = rank_device or device
+    # Full fine-tuning keeps fp32 master weights and computes in `dtype` under autocast: AdamW on bf16
+    # weights rounds most updates away (at lr 1e-5, an update below 2^-8 of a weight is lost). Other
+    # methods train fp32 tensors already (adapters create them in fp32) beside the frozen bf16 base.
+    master_weights = cfg.method == "full" and dtype != torch.float32
+    if master_weights and dtype == torch.float16:
+        raise ValueError("method 'full' with dtype float16 would need loss scaling, which train.py does not do; "
+                         "use --dtype bfloat16 (fp32 master weights, bf16 compute) or float32")
     torch.manual_seed(cfg.seed)
     # fsdp: the full model stays in host memory; shard_frozen_base moves it to the GPU one shard at a time
-    model, tokenizer = models.load_model(cfg.model, dtype=dtype, device="cpu" if fsdp else device,
-                                         trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer = models.load_model(cfg.model, dtype=torch.float32 if master_weights else dtype,
+                                         device="cpu" if fsdp else device, trust_remote_code=cfg.trust_remote_code)
+    autocast = torch.autocast(device.type, dtype=dtype) if master_weights else contextlib.nullcontext()
     adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
                     lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend=cfg.attn_backend, seed=cfg.seed)
     if cfg.gradient_checkpointing:
         adapters.set_gradient_checkpointing(model)
     n_trainable = adapters.count_trainable(model)
     if rank == 0:
-        print(f"{cfg.name}: {cfg.method} on {cfg.model} ({device}, {dtype}), trainable params: {n_trainable:,}"
+        print(f"{cfg.name}: {cfg.method} on {cfg.model} ({device}, {dtype}"
+              + (" compute, fp32 master weights" if master_weights else "") + f"), trainable params: {n_trainable:,}"
               + (f"; {world_size} processes ({cfg.parallel}), {cfg.batch_size // world_size} of each batch of "
                  f"{cfg.batch_size} per process" if world_size > 1 else ""))
     if cfg.method == "base":
@@ -227,7 +259,9 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
     if fsdp:
         shard_frozen_base(model, device)
         adapters.set_attn_backend(model, cfg.attn_backend)  # attach chose "auto"'s backend on the CPU
-    features = build_features(cfg, task, tokenizer)
+    features, train_truncation, train_sources = build_features(cfg, task, tokenizer)
+    if rank == 0:
+        print("training examples per source: " + ", ".join(f"{k} {v:,}" for k, v in train_sources.items()))
     steps_per_epoch = math.ceil(len(features) / (cfg.batch_size * cfg.grad_accum))
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps:
@@ -277,7 +311,8 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
                 mine = b[rank * per_rank:(rank + 1) * per_rank]
                 ids, mask, labels = (t.to(device) for t in collate([features[i] for i in mine or b[:1]],
                                                                   tokenizer.pad_token_id))
-                loss = answer_loss(model, ids, mask, labels)
+                with autocast:
+                    loss = answer_loss(model, ids, mask, labels)
                 # weight each micro-batch by its answer tokens over the whole step's (all ranks'): accumulation
                 # and the ranks' summed gradients equal one big batch
                 weight = (labels[:, 1:] != -100).sum().item() / n_tokens if mine else 0.0
@@ -325,6 +360,7 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
                    seconds=elapsed, final_loss=log[-1]["loss"] if log else None, n_skipped_steps=len(skipped),
                    skipped_steps=skipped, world_size=world_size, parallel=cfg.parallel if world_size > 1 else None,
                    weights_gib_per_rank=weight_bytes(model) / 2**30, log=log)
+    summary.update(train_truncation=train_truncation, train_sources=train_sources)
     if device.type == "cuda":
         summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     C.write_json_atomic(run_dir / "train_log.json", summary)

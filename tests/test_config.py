@@ -91,3 +91,15 @@ def test_cli_errors_are_one_line_not_tracebacks():
     assert out.returncode != 0
     assert "error: unknown run 'no_such_run'; known runs: demo" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    """`lr: 1e-5` is a string to YAML 1.1 (no dot in the mantissa); for a float field it means 1e-5,
+    while a word there stays a type error."""
+    path = tmp_path / "runs.yaml"
+    path.write_text("runs:\n  - {name: a, model: m, method: prefix, task: xnli, lr: 1e-5, temperature: 2e-1}\n")
+    cfg = C.get_run("a", path=path)
+    assert cfg.lr == 1e-5 and isinstance(cfg.lr, float) and cfg.temperature == 0.2
+    path.write_text("runs:\n  - {name: a, model: m, method: prefix, task: xnli, lr: fast}\n")
+    with pytest.raises(ValueError, match="lr='fast' should be float"):
+        C.get_run("a", path=path)

@@ -1,5 +1,6 @@
 """data.py on the real benchmark copies in ../shared/data and on hub-schema fixtures."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -258,17 +259,22 @@ class CharTokenizer:
     def __call__(self, text, add_special_tokens=True):
         return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
 
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids if i > 2 or not skip_special_tokens)
+
 
 def test_training_features_masks_prompt():
-    ids, labels = data.training_features(CharTokenizer(), "ab:", " c", max_length=16)
+    ids, labels, n_cut = data.training_features(CharTokenizer(), "ab:", " c", max_length=16)
     assert ids == [1, ord("a"), ord("b"), ord(":"), ord(" "), ord("c"), 2]
     assert labels == [-100] * 4 + [ord(" "), ord("c"), 2]
+    assert n_cut == 0
 
 
 def test_training_features_truncates_prompt_from_the_left_keeping_bos():
-    ids, labels = data.training_features(CharTokenizer(), "abcdef", "xy", max_length=6)
+    ids, labels, n_cut = data.training_features(CharTokenizer(), "abcdef", "xy", max_length=6)
     assert ids == [1, ord("e"), ord("f"), ord("x"), ord("y"), 2]
     assert labels == [-100, -100, -100, ord("x"), ord("y"), 2]
+    assert n_cut == 4  # "abcd"
 
 
 def test_training_features_rejects_a_target_that_does_not_fit():
@@ -279,7 +285,7 @@ def test_training_features_rejects_a_target_that_does_not_fit():
 def test_training_features_with_a_real_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids, labels = data.training_features(tok, "Question: Where does the river flow? Answer:", " the sea", 64)
+    ids, labels, _ = data.training_features(tok, "Question: Where does the river flow? Answer:", " the sea", 64)
     n_prompt = len(data.prompt_ids(tok, "Question: Where does the river flow? Answer:"))
     assert ids[-1] == tok.eos_token_id and labels[:n_prompt] == [-100] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:]
@@ -366,12 +372,32 @@ def test_belebele_train_fixture_and_bad_rows(tmp_path):
 def test_belebele_hub_training_set_from_race_and_sciq(monkeypatch):
     hub = {("ehovy/race", "all"): "race_all_train.jsonl", ("allenai/sciq", None): "sciq_train.jsonl"}
     monkeypatch.setattr(data, "_hub", lambda path, config, split: data._read_jsonl(FIXTURES / "hub" / hub[path, config]))
-    rows = data.load_task("belebele").train_examples()
-    assert len(rows) == 4
+    rows = data.load_task("belebele").train_examples(source="race_sciq")
+    assert len(rows) == 4 and [r["source"] for r in rows] == ["race", "race", "sciq", "sciq"]
     race, sciq = rows[0], rows[2]
     assert race["options"][race["label"]] == "Their plans after graduating" and race["passage"].startswith("Last week")
     assert sciq["options"][sciq["label"]] == "mesophilic organisms" and len(sciq["options"]) == 4
-    assert rows == data.load_task("belebele").train_examples()  # answer positions are fixed
+    assert rows == data.load_task("belebele").train_examples(source="race_sciq")  # answer positions are fixed
+
+
+def test_belebele_race_sciq_reads_a_local_copy_in_the_hub_schema(tmp_path):
+    for name, fixture in (("race", "race_all_train.jsonl"), ("sciq", "sciq_train.jsonl")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.jsonl").write_text((FIXTURES / "hub" / fixture).read_text())
+    rows = data.load_task("belebele").train_examples(tmp_path, source="race_sciq")
+    assert [r["source"] for r in rows] == ["race", "race", "sciq", "sciq"]
+
+
+def test_belebele_paper_set_without_its_file_is_an_error_not_a_smaller_set(tmp_path, monkeypatch):
+    """The paper's six-source set cannot come from the hub: no silent RACE + SciQ in its place."""
+    monkeypatch.setattr(data, "_hub", lambda *a: pytest.fail("the hub must not be read"))
+    task = data.load_task("belebele")
+    for data_dir in (None, tmp_path):
+        with pytest.raises(ValueError, match="six-source.*train_source: race_sciq"):
+            task.check_train_source(data_dir)
+        with pytest.raises(ValueError, match="six-source"):
+            task.train_examples(data_dir)
+    assert {r["source"] for r in task.train_examples(FIXTURES)} == {"belebele_train"}
 
 
 # --- MGSM -------------------------------------------------------------------------------------
@@ -480,7 +506,7 @@ def test_training_features_without_bos():
         def __call__(self, text, add_special_tokens=True):
             return {"input_ids": [ord(c) for c in text]}
 
-    ids, labels = data.training_features(NoBos(), "abcdef", "x", max_length=4)
+    ids, labels, _ = data.training_features(NoBos(), "abcdef", "x", max_length=4)
     assert ids == [ord("e"), ord("f"), ord("x"), 2]
     assert labels == [-100, -100, ord("x"), 2]
 
@@ -490,7 +516,7 @@ def test_missing_belebele_and_mgsm_files_name_the_layout(tmp_path):
         data.load_task("belebele").eval_examples("fra_Latn", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"mgsm/mgsm_en\.tsv.*question<TAB>answer"):
         data.load_task("mgsm").eval_examples("en", tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"belebele_train/train\.jsonl"):
+    with pytest.raises(ValueError, match=r"belebele_train/train\.jsonl \(missing\)"):
         data.load_task("belebele").train_examples(tmp_path)
 
 
@@ -510,7 +536,7 @@ def test_match_choice_first_word_case_and_punctuation():
     assert data.match_choice("yes", [" yes", " Yes!"]) is None  # ambiguous options: no answer
 
 
-def test_generate_scoring_matches_options_and_counts_accuracy(shared, monkeypatch):
+def test_generate_scoring_matches_options_and_counts_accuracy(shared, monkeypatch, tiny_model_dir):
     """evaluate_language with choice_scoring=generate: the prediction is the option the generated
     text names, and accuracy counts exactly the examples whose named option is the label."""
     import config as C
@@ -524,12 +550,33 @@ def test_generate_scoring_matches_options_and_counts_accuracy(shared, monkeypatc
                 " " + "ABCD"[(ex["label"] + 1) % 4] if i % 3 == 0 else " I think so") for i, ex in enumerate(examples)]
     by_prompt = {task.prompt(ex): a for ex, a in zip(examples, answers)}
     monkeypatch.setattr(evaluate, "generate", lambda model, tok, prompts, *a, **k: [by_prompt[p] for p in prompts])
+    from transformers import AutoTokenizer
     cfg = C.RunConfig(name="t", model="none", method="base", task="belebele", data_dir=str(shared), eval_samples=12,
-                      choice_scoring="generate")
-    result = evaluate.evaluate_language(None, None, task, cfg, "eng_Latn", "cpu")
+                      choice_scoring="generate", eval_fit="cut")  # "cut": max_length, not the (absent) model's context
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # counts the prompts' tokens
+    result = evaluate.evaluate_language(None, tokenizer, task, cfg, "eng_Latn", "cpu")
     preds = [r["prediction"] for r in result["predictions"]]
     expected = [ex["label"] if i % 2 == 0 else (ex["label"] + 1) % 4 if i % 3 == 0 else None
                 for i, ex in enumerate(examples)]
     assert preds == expected
     assert result["metrics"]["accuracy"] == pytest.approx(100.0 * 6 / 12)
     assert [r["text"] for r in result["predictions"]] == answers
+
+
+class DummyPrefixTokenizer:
+    """Like a legacy sentencepiece tokenizer: every text gets a leading "▁", so " A" alone is "▁" "▁A"
+    while after "Answer:" the text holds one token "▁A"."""
+    eos_token_id, bos_token_id = 0, None
+
+    def __call__(self, text, add_special_tokens=True):
+        pieces = re.findall(r"▁?[^▁]+|▁", "▁" + text.replace(" ", "▁"))
+        return {"input_ids": [sum(map(ord, p)) for p in pieces]}
+
+
+def test_answers_are_scored_and_trained_as_the_tokens_in_context():
+    tok = DummyPrefixTokenizer()
+    whole = tok("Answer: A")["input_ids"]
+    assert tok(" A", add_special_tokens=False)["input_ids"] != whole[1:]  # alone, the answer is other tokens
+    assert data.answer_ids(tok, "Answer:", " A") == whole[1:]
+    ids, labels, _ = data.training_features(tok, "Answer:", " A", max_length=16)
+    assert ids == whole + [0] and labels == [-100] + whole[1:] + [0]

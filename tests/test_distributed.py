@@ -112,8 +112,8 @@ def test_two_processes_evaluate_to_the_single_process_files_and_resume(tmp_path,
 
 
 def test_two_processes_sample_the_single_process_generations(tmp_path, tiny_model_dir, shared_data):
-    """Sampled generation (XQuAD's default) with the batches split over ranks: each batch reseeds
-    itself, so every sample is the one the single process draws."""
+    """Sampled generation (XQuAD's default) with the batches split over ranks: each prompt draws from
+    a generator of its own, so every sample is the one the single process draws."""
     path = runs_file(tmp_path, tiny_model_dir, shared_data, method="base", task="xquad", eval_subset="articles_32_47",
                      eval_split=None, eval_languages=["en", "zh"], eval_samples=5, eval_batch_size=2, max_length=256,
                      max_new_tokens=5, do_sample=True, temperature=1.0, top_p=1.0)

@@ -8,9 +8,10 @@ import data
 import evaluate
 
 
-def reference(model, tokenizer, prompt, choice, max_length):
+def reference(model, tokenizer, prompt, choice, choices, max_length):
     c = tokenizer(choice, add_special_tokens=False)["input_ids"]
-    p = data.prompt_ids(tokenizer, prompt, max_length - len(c))
+    longest = max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in choices)
+    p = data.prompt_ids(tokenizer, prompt, max_length - longest)  # one cut per example, for its longest option
     logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:len(p) + len(c) - 1].float()
     return F.log_softmax(logits, -1).gather(-1, torch.tensor(c)[:, None]).sum().item()
 
@@ -42,6 +43,6 @@ def test_choice_logprobs_equal_a_forward_per_choice(tiny_model_dir, kind):
     with torch.no_grad():
         got = evaluate.choice_logprobs(model, tokenizer, prompts, choices, batch_size=3, device="cpu",
                                        max_length=max_length)
-        want = [[reference(model, tokenizer, p, c, max_length) for c in cs] for p, cs in zip(prompts, choices)]
+        want = [[reference(model, tokenizer, p, c, cs, max_length) for c in cs] for p, cs in zip(prompts, choices)]
     assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-5), (got, want)
     assert len({tuple(g) for g in got}) == 3  # the prompts really differ in their scores

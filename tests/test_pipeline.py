@@ -39,6 +39,8 @@ def test_train_then_evaluate(tmp_path, tiny_model_dir, shared_data, method):
     run_dir = tmp_path / "runs" / "tiny"
     log = json.loads((run_dir / "train_log.json").read_text())
     assert log["steps"] == 6 and len(log["log"]) == 6  # 24 examples / batch 4, one epoch
+    assert log["train_truncation"]["n_examples"] == 24  # and how many of them max_length cut
+    assert log["train_sources"] == {"xnli_en_validation": 24}  # what the adapter learnt from
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log["log"])
     assert log["config"]["method"] == method and log["versions"]["torch"] == torch.__version__
     assert (run_dir / "adapter" / "adapter.safetensors").is_file()
@@ -47,7 +49,7 @@ def test_train_then_evaluate(tmp_path, tiny_model_dir, shared_data, method):
     out = script("evaluate.py", path)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["rows"]) == {"base", method}
+    assert set(results["rows"]) == {"base", method} and results["train_sources"] == {"xnli_en_validation": 24}
     for row in ("base", method):
         for lang in ("en", "de"):
             per_lang = json.loads((run_dir / "eval" / row / f"{lang}.json").read_text())
