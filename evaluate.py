@@ -206,10 +206,9 @@ def prompt_rooms(task, cfg, tokenizer, examples, length):
     choice_logprobs cut it: room for the new tokens, or for the example's longest option."""
     if length is None:
         return [None] * len(examples)
-    if task.kind == "choice" and cfg.choice_scoring == "loglik":
-        options = [task.choices(ex, cfg.prompt_style) for ex in examples]
-        sizes = {c: len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in {c for cs in options for c in cs}}
-        answers = [max(sizes[c] for c in cs) for cs in options]
+    if task.kind == "choice" and cfg.choice_scoring == "loglik":  # each option's tokens as choice_logprobs scores them
+        answers = [max(len(data.answer_ids(tokenizer, task.prompt(ex, cfg.prompt_style), c))
+                       for c in task.choices(ex, cfg.prompt_style)) for ex in examples]
     else:
         answers = [cfg.max_new_tokens or task.max_new_tokens or 8] * len(examples)
     return [max(length - n, 1) for n in answers]
