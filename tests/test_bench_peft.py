@@ -7,6 +7,7 @@ base model as it found it, and it runs end to end, quoting failures.
 PEFT is a test dependency (requirements-dev.txt, installed by `make setup`).
 """
 import copy
+import inspect
 import json
 import sys
 
@@ -303,8 +304,15 @@ def test_smoke_run_writes_the_table_and_quotes_failures(tmp_path):
     refused = cells[("train", "prefix", "peft", True)]
     assert refused["value"] is None and "does not work with gradient checkpointing" in refused["error"]
     assert f"`{refused['error']}`" in md
+    # PEFT's prefix tuning decodes wrongly from transformers 5.24 on, which passes the cache as `cache=`
+    # (PEFT reads `past_key_values`): the benchmark quotes that instead of timing it
+    from transformers.models.llama.modeling_llama import LlamaModel
+    wrong_cache = "cache" in inspect.signature(LlamaModel.forward).parameters
+    generate = cells[("generate", "prefix", "peft", False)]
+    if wrong_cache:
+        assert generate["value"] is None and "cached generation differs from uncached" in generate["error"]
     for key, r in cells.items():
-        if key != ("train", "prefix", "peft", True):
+        if key != ("train", "prefix", "peft", True) and not (wrong_cache and r is generate):
             assert r["error"] is None and r["value"] > 0, (key, r["error"])
     targets = {t["target"] for t in result["targets"]}
     assert {"prefix train speed >= 1.3x PEFT", "prefix train time <= 1.15x floor",
