@@ -66,8 +66,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# the kernel files whole (their grids run on the GPU when there is one), then every other `cuda` test
 test-gpu: setup
-	$(PY) -m pytest -q -m cuda tests
+	$(PY) -m pytest -q tests/test_kernels.py tests/test_split_attention.py tests/test_mask_guard.py
+	$(PY) -m pytest -q -m cuda tests --deselect tests/test_kernels.py --deselect tests/test_split_attention.py
 
 bench: setup
 	$(PY) benchmarks/bench_attention.py

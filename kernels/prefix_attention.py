@@ -539,14 +539,13 @@ def _blocks(D, dtype):
         return (32, 32, 1, 1), (32, 32, 1, 1), (32, 32, 1, 1)
     if D == 256:
         # Gemma 3: the (BLOCK_M, 256) accumulator needs small tiles and 8 warps to stay in registers;
-        # untuned (no sweep has covered D = 256 yet)
-        return (64, 32, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1)
-    if dtype == torch.float32 or D <= 32:
+        # untuned (no sweep has covered D = 256 yet; bench_attention.py --sweep --sweep-dims 256 does)
+        defaults = (64, 32, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1)
+    elif dtype == torch.float32 or D <= 32:
         # fp32 is for tests only; small head dims crashed ptxas (3.6) in the dq kernel with the
         # pipelined large-tile configs, so tiny test models get small unpipelined tiles
         return (64, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)
-    # fastest of a small sweep on an H100 (bf16, N=4096, joint; benchmarks/RESULTS.md)
-    if D == 128:
+    elif D == 128:  # fastest of a small sweep on an H100 (bf16, N=4096, joint; benchmarks/RESULTS.md)
         defaults = (128, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2)
     else:
         defaults = (128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3)
@@ -657,9 +656,40 @@ class _PrefixAttention(torch.autograd.Function):
         return dq, dk, dv, dpk, dpv, dg, None, None, None, None
 
 
+IMPLS = ("auto", "fused", "split")
+
+
+def choose_impl(q, prefix_k, impl=None):
+    """The route prefix_attention takes: impl, else $XPREFIX_ATTN_IMPL, else "auto".
+
+    "auto" is the fused kernel, everywhere, until a GPU run has measured the split route: its CUDA
+    sequence part (FlashAttention-2, the op PyTorch's fastest causal SDPA backend calls) has been
+    tested on the CPU only, against a stand-in written from the op's contract. Where it runs (fp16/bf16,
+    compute capability >= 8.0, P <= 64) it should reach that ceiling plus a small prefix kernel;
+    benchmarks/gpu_check.sh measures both routes per shape, and this rule changes with its figures.
+    An explicit "split" that cannot run is a ValueError.
+    """
+    from kernels.split_attention import split_unsupported  # imported here: it imports this module
+    impl = impl or os.environ.get("XPREFIX_ATTN_IMPL") or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "fused":
+        return impl
+    why = split_unsupported(q, prefix_k)
+    if impl == "split":
+        if why:
+            raise ValueError(f"impl='split': {why}; use impl='fused' or 'auto'")
+        return impl
+    return "fused"  # "split" on CUDA where why is None, once benchmarks/gpu_check.sh has confirmed it
+
+
 def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal=True, scale=None,
-                     key_start=None, window=None):
-    """Attention of q over learned prefix keys/values and the sequence's keys, in one fused kernel.
+                     key_start=None, window=None, impl=None):
+    """Attention of q over learned prefix keys/values and the sequence's keys.
+
+    Two routes compute the same function (kernels/split_attention.py says how): "fused", one Triton
+    kernel for prefix and sequence keys, and "split", the sequence keys through PyTorch's fused
+    attention op and the prefix and the merge through Triton. choose_impl() picks between them.
 
     Args:
         q: (B, Hq, M, D) queries, the last M positions of the key sequence.
@@ -674,10 +704,14 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal
         window: sliding window (needs causal): query i also needs i + N - M - j < window, so it sees
             its last `window` sequence keys, itself included (transformers' sliding_window). Prefix
             keys carry no position and stay visible to every query. None: no window.
+        impl: "fused", "split" or "auto"; None reads $XPREFIX_ATTN_IMPL (default "auto").
 
     Returns:
         (B, Hq, M, D) tensor in q's dtype.
     """
     _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start, causal, window)
+    if choose_impl(q, prefix_k, impl) == "split":
+        from kernels.split_attention import split_prefix_attention
+        return split_prefix_attention(q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window)
     return _PrefixAttention.apply(q, k, v, prefix_k, prefix_v, gate, key_start, bool(causal), scale,
                                   window)
