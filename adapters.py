@@ -25,6 +25,7 @@ decoder stack, so generation with a KV cache works unchanged.
 """
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 METHODS = ("base", "soft_prompt", "prefix", "adapter", "lora", "full")
 PREFIX_METHODS = ("prefix", "adapter")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -369,7 +371,7 @@ def attach(model, method, *, n_prefix_tokens=10, n_adapted_layers=None, lora_ran
                         _decoder(model).register_forward_hook(soft.hook, with_kwargs=True)]
     elif method == "lora":
         for layer in layers:
-            for name in ("q_proj", "k_proj", "v_proj"):
+            for name in LORA_TARGETS:
                 lora = LoRALinear(getattr(layer.self_attn, name), lora_rank, lora_alpha)
                 setattr(layer.self_attn, name, lora)
     set_attn_backend(model, attn_backend)
@@ -435,30 +437,47 @@ def _shape_signature(model):
                 vocab_size=c.vocab_size)
 
 
-def save_adapter(model, path, extra=None):
-    """Write `path`/adapter.safetensors (trainable tensors only) and `path`/adapter_config.json.
+def _write_atomic(path, text=None, tensors=None):
+    """Write text or tensors to a temporary name, then rename: a crash never leaves a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tensors is not None:
+        save_file(tensors, str(tmp))
+    else:
+        tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
-    Both files are written to temporary names and renamed, so a crash never leaves a torn adapter.
+
+def save_adapter(model, path, extra=None, push_to_hub=None):
+    """Write `path`/adapter.safetensors (trainable tensors only), `path`/adapter_config.json and a
+    model card, `path`/README.md; each written to a temporary name and renamed.
+
+    Args:
+        extra: more entries for adapter_config.json; the card shows `run`, `base_model` (a hub id),
+            `config` (the run's settings), `train_sources` and `versions` where given.
+        push_to_hub: a hub repo id ("user/repo"): also upload the folder there (see push_adapter).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
     config = dict(model.xprefix_config, model=_shape_signature(model), **(extra or {}))
-    tmp = path / "adapter.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(path / "adapter.safetensors")
-    tmp = path / "adapter_config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    tmp.replace(path / "adapter_config.json")
+    _write_atomic(path / "adapter.safetensors", tensors=tensors)
+    _write_atomic(path / "adapter_config.json", json.dumps(config, indent=2))
+    import share  # the card and the upload live there; share imports this module
+    _write_atomic(path / "README.md", share.model_card(path))
+    if push_to_hub:
+        share.push_adapter(path, push_to_hub)
 
 
 def read_adapter_config(model, path, method=None):
-    """The adapter config at `path`, checked against `model`'s shape and, if given, `method`.
+    """The adapter config at `path` (a folder, or a hub repo id), checked against `model`'s shape and,
+    if given, `method`.
 
     Every way an adapter folder can be wrong (missing, corrupt JSON, another model, another method)
     is a ValueError naming the folder, so callers can check it before any long work.
     """
-    path = Path(path)
+    path = _local_or_hub(path)
+    if (path / "adapter_model.safetensors").is_file() and not (path / "adapter.safetensors").is_file():
+        raise ValueError(f"{path} holds a PEFT adapter (adapter_model.safetensors); load it with share.import_peft")
     if not (path / "adapter_config.json").is_file() or not (path / "adapter.safetensors").is_file():
         raise ValueError(f"{path} holds no adapter (expected adapter_config.json and adapter.safetensors)")
     try:
@@ -479,17 +498,15 @@ def read_adapter_config(model, path, method=None):
     return config
 
 
-def load_adapter(model, path, attn_backend="auto", method=None):
-    """Attach the adapter saved at `path` to `model` and load its weights; checks it fits."""
-    path = Path(path)
-    config = read_adapter_config(model, path, method)
-    try:  # read the tensors before attaching, so a corrupt file leaves the model untouched
-        tensors = load_file(str(path / "adapter.safetensors"))
+def _read_tensors(path, name="adapter.safetensors"):
+    try:
+        return load_file(str(path / name))
     except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) on a torn file
-        raise ValueError(f"adapter {path}: adapter.safetensors is unreadable ({e})") from None
-    attach(model, config["method"], n_prefix_tokens=config["n_prefix_tokens"],
-           n_adapted_layers=config["n_adapted_layers"], lora_rank=config["lora_rank"],
-           lora_alpha=config["lora_alpha"], attn_backend=attn_backend)
+        raise ValueError(f"adapter {path}: {name} is unreadable ({e})") from None
+
+
+def _copy_tensors(model, tensors, path):
+    """Copy `tensors` into the model's trainable parameters, which they must match exactly."""
     params = dict(model.named_parameters())
     expected = set(trainable_state_dict(model))
     if set(tensors) != expected:
@@ -502,3 +519,33 @@ def load_adapter(model, path, attn_backend="auto", method=None):
                                  f"the model expects {tuple(params[name].shape)}")
             params[name].copy_(tensor)
     return model
+
+
+def load_adapter(model, path, attn_backend="auto", method=None):
+    """Attach the adapter saved at `path` to `model` and load its weights; checks it fits. `path` is
+    a folder, or a hub repo id ("user/repo") fetched with huggingface_hub (offline: from its cache)."""
+    path = _local_or_hub(path)
+    config = read_adapter_config(model, path, method)
+    tensors = _read_tensors(path)  # before attaching, so a corrupt file leaves the model untouched
+    attach(model, config["method"], n_prefix_tokens=config["n_prefix_tokens"],
+           n_adapted_layers=config["n_adapted_layers"], lora_rank=config["lora_rank"],
+           lora_alpha=config["lora_alpha"], attn_backend=attn_backend)
+    return _copy_tensors(model, tensors, path)
+
+
+# ---- the Hugging Face hub: model card, upload, download ---------------------------------------------
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _local_or_hub(path):
+    """An existing path as it is; a string shaped like "user/repo" that names no local path is
+    fetched from the hub with snapshot_download, which with HF_HUB_OFFLINE=1 reads its cache only."""
+    if Path(path).exists() or not (isinstance(path, str) and REPO_ID.fullmatch(path)):
+        return Path(path)
+    from huggingface_hub import snapshot_download
+    try:  # an adapter's files (ours or PEFT's) and its card, nothing else a repo may hold
+        return Path(snapshot_download(path, allow_patterns=["adapter*", "README.md"]))
+    except (OSError, ValueError) as e:  # every huggingface_hub error is one of these
+        raise ValueError(f"adapter {path!r} is no local folder, and the hub repo {path} could not be fetched "
+                         f"({type(e).__name__}: {e})") from None

@@ -7,6 +7,7 @@ resolved against the folder of runs.yaml, so runs work from any working director
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class RunConfig:
     skip_nonfinite: bool = False        # skip (and log) a step with non-finite loss or gradients; else stop
     gradient_checkpointing: bool = False  # recompute layer activations in the backward: less memory, ~1 more forward
     parallel: str = "ddp"               # under torchrun: ddp (replicated model) | fsdp (frozen base sharded)
+    # training curves (loss, lr, grad norm, tokens/s per step) and scores per language: tensorboard
+    # (event files in run_dir/logs) and/or wandb (its mode, e.g. offline, from WANDB_MODE)
+    report_to: list[str] | None = None
+    push_to_hub: str | None = None      # a hub repo id ("user/repo"): upload the adapter and its model card there
     out_dir: str = "runs"
     trust_remote_code: bool = False
     description: str = ""
@@ -83,6 +88,7 @@ CHOICES = {
     "choice_scoring": ("loglik", "generate"),
     "eval_fit": ("whole", "subset", "cut"),
     "parallel": ("ddp", "fsdp"),
+    "report_to": ("tensorboard", "wandb"),  # each item of the list
 }
 POSITIVE = ("n_prefix_tokens", "n_adapted_layers", "lora_rank", "batch_size", "grad_accum", "eval_batch_size",
             "max_length", "train_samples", "eval_samples", "max_steps", "save_every", "max_new_tokens")
@@ -121,9 +127,10 @@ def validate(raw: dict, where: str) -> list[str]:
                 problems.append(f"{where}: missing required key {name!r}")
             continue
         value = raw[name]
+        items = value if isinstance(value, list) else [] if value is None else [value]  # report_to is a list
         if not _check_type(value, f.type):
             problems.append(f"{where}: {name}={value!r} should be {_type_name(f.type)}")
-        elif name in CHOICES and value not in CHOICES[name]:
+        elif name in CHOICES and any(v not in CHOICES[name] for v in items):
             problems.append(f"{where}: {name}={value!r} is not one of {', '.join(CHOICES[name])}")
         elif name in POSITIVE and value is not None and value <= 0:
             problems.append(f"{where}: {name}={value!r} must be positive")
@@ -135,6 +142,8 @@ def validate(raw: dict, where: str) -> list[str]:
             problems.append(f"{where}: {name}={raw[name]!r} must be in [0, 1)")
     if isinstance(raw.get("top_p"), (int, float)) and not 0 < raw["top_p"] <= 1:
         problems.append(f"{where}: top_p={raw['top_p']!r} must be in (0, 1]")
+    if isinstance(raw.get("push_to_hub"), str) and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", raw["push_to_hub"]):
+        problems.append(f"{where}: push_to_hub={raw['push_to_hub']!r} should be a hub repo id, user/repo")
     return problems
 
 

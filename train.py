@@ -7,8 +7,9 @@
     torchrun --nproc_per_node 8 train.py -- --run NAME        # data parallel over 8 GPUs ("--": script_args)
     torchrun --nproc_per_node 8 train.py -- --run NAME --parallel fsdp   # frozen base sharded (FSDP2)
 
-Writes, under out_dir/<run>/: adapter/ (safetensors + config, at the end), checkpoint/ (every
-save_every steps and on SIGINT/SIGTERM, written atomically), train_log.json, config.json.
+Writes, under out_dir/<run>/: adapter/ (safetensors + config + model card README.md, at the end),
+checkpoint/ (every save_every steps and on SIGINT/SIGTERM, written atomically), train_log.json,
+config.json, and with report_to, logs/ (TensorBoard event files, the W&B run).
 
 Under torchrun, batch_size stays the global batch: each of the N processes takes its 1/N of every
 micro-batch, sums its answer tokens' losses over the whole step's answer-token count, and the
@@ -19,11 +20,15 @@ Only rank 0 writes files.
 """
 import argparse
 import contextlib
+import dataclasses
+import importlib.util
+import json
 import math
 import os
 import signal
 import sys
 import time
+import uuid
 from collections import Counter
 
 import torch
@@ -36,6 +41,7 @@ import config as C
 import data
 import models
 import runlock
+import share
 
 
 def answer_loss(model, input_ids, attention_mask, labels):
@@ -175,6 +181,74 @@ def load_checkpoint(model, optimizer, scheduler, path, data_layout):
     return state["step"], state["log"]
 
 
+def check_report_to(cfg):
+    """Before any long work: every logger report_to names is installed."""
+    missing = [k for k in cfg.report_to or [] if importlib.util.find_spec(k) is None]
+    if missing:
+        raise ValueError(f"report_to {', '.join(missing)} needs the package{'s' * (len(missing) > 1)}: "
+                         f"pip install {' '.join(missing)}")
+
+
+class Curves:
+    """Training curves and evaluation scores for TensorBoard and W&B (cfg.report_to); rank 0 writes.
+
+    TensorBoard's event files go to run_dir/logs, tags train/{loss,lr,grad_norm,tokens_per_s} per
+    optimizer step and eval/<row>/<lang>/<metric> at the run's last training step. A training starts
+    its writer with purge_step (the first step it will log), so readers drop what an interrupted run
+    logged past its last checkpoint, or, for a fresh start, everything an overwritten run logged.
+    W&B: training and evaluate.py log to one W&B run, whose id run_dir/logs/wandb_run_id keeps (a
+    fresh training starts a new one); scores go to its summary; WANDB_MODE (e.g. offline) and
+    WANDB_PROJECT (default xprefix) are read as W&B reads them.
+    """
+
+    def __init__(self, cfg, rank=0, resume_step=None):
+        """resume_step: the step training continues from (0: a fresh start); None for evaluation."""
+        check_report_to(cfg)
+        self.tb = self.wandb = None
+        kinds = (cfg.report_to or []) if rank == 0 else []
+        logs = cfg.run_dir / "logs"
+        try:  # evaluation: scores sit at the end of the training curve
+            self.step = json.loads((cfg.run_dir / "train_log.json").read_text())["steps"]
+        except (OSError, ValueError, KeyError):
+            self.step = 0
+        if "tensorboard" in kinds:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(logs), purge_step=None if resume_step is None else resume_step + 1)
+        if "wandb" in kinds:
+            import wandb
+            id_file = logs / "wandb_run_id"
+            fresh = resume_step == 0 or not id_file.is_file()
+            run_id = uuid.uuid4().hex[:12] if fresh else id_file.read_text().strip()
+            C.write_text_atomic(id_file, run_id)
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "xprefix"), name=cfg.name, id=run_id,
+                                    resume="allow", dir=str(logs), config=dataclasses.asdict(cfg))
+
+    def log(self, values, step):
+        values = {k: v for k, v in values.items() if v is not None}  # a skipped step has no loss
+        if self.tb:
+            for tag, value in values.items():
+                self.tb.add_scalar(tag, value, step)
+        if self.wandb:
+            self.wandb.log(values, step=step)
+
+    def scores(self, row, lang, metrics):
+        """One language's metrics, written at once (an interrupted evaluation keeps what it logged)."""
+        values = {f"eval/{row}/{lang}/{k}": v for k, v in metrics.items()}
+        if self.tb:
+            for tag, value in values.items():
+                self.tb.add_scalar(tag, value, self.step)
+            self.tb.flush()
+        if self.wandb:
+            self.wandb.summary.update(values)
+
+    def close(self):
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+        self.tb = self.wandb = None
+
+
 def build_features(cfg, task, tokenizer):
     """(input_ids, labels) of every training example; how many prompts lost tokens from the left
     to fit max_length with their answer: {n_examples, n_cut, max_tokens_cut, mean_tokens_cut}; and
@@ -217,6 +291,7 @@ def _train(cfg: C.RunConfig, resume, overwrite):
     task.check_train_source(cfg.data_dir, cfg.train_source)  # e.g. Belebele's six-source file, before loading
     if cfg.eval_languages:  # a typo here should fail now, not after hours of training
         data.check_languages(task, cfg.eval_languages)
+    check_report_to(cfg)
     rank, world_size, rank_device = init_distributed()
     fsdp = cfg.parallel == "fsdp"
     if fsdp and rank_device is None:  # not launched by torchrun
@@ -284,6 +359,7 @@ def _train(cfg: C.RunConfig, resume, overwrite):
             dist.broadcast(p.data, src=0)
     if rank == 0:
         C.write_json_atomic(run_dir / "config.json", C.provenance(cfg))
+    curves = Curves(cfg, rank, resume_step=step)
 
     stop = {"signal": None}
     def on_signal(signum, frame):  # finish the step in flight, save, exit: no lost work
@@ -299,10 +375,12 @@ def _train(cfg: C.RunConfig, resume, overwrite):
     start = time.time()
     try:
         while step < total_steps:
+            step_start = time.time()
             epoch, in_epoch = divmod(step, steps_per_epoch)
             batches = batch_order(len(features), micro, epoch, cfg.seed)
             group = batches[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
             n_tokens = sum(sum(l != -100 for l in features[i][1]) for b in group for i in b)
+            n_all_tokens = sum(len(features[i][0]) for b in group for i in b)  # prompts and answers, no padding
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for b in group:
@@ -336,7 +414,9 @@ def _train(cfg: C.RunConfig, resume, overwrite):
             scheduler.step()
             step += 1
             log.append(dict(step=step, loss=total if finite else None, lr=scheduler.get_last_lr()[0],
-                            grad_norm=grad_norm if finite else None, **({} if finite else dict(skipped=True))))
+                            grad_norm=grad_norm if finite else None, **({} if finite else dict(skipped=True)),
+                            tokens_per_s=n_all_tokens / (time.time() - step_start)))
+            curves.log({f"train/{k}": log[-1][k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step)
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}")
             if rank == 0 and (step % cfg.save_every == 0 or stopping):
@@ -348,15 +428,21 @@ def _train(cfg: C.RunConfig, resume, overwrite):
                                  f"checkpoint saved to {ckpt}; continue with --resume")
     finally:
         bar.close()
+        curves.close()
         for s, handler in old.items():
             signal.signal(s, handler)
     elapsed = time.time() - start
     if rank != 0:
         return run_dir / "adapter"
     save_checkpoint(model, optimizer, scheduler, step, ckpt, log, data_layout)
-    adapters.save_adapter(model, run_dir / "adapter", extra=dict(run=cfg.name, base_model=cfg.model))
+    provenance = C.provenance(cfg)
+    base_model = models.MODELS[cfg.model].hub_id if cfg.model in models.MODELS else cfg.model
+    # what the model card shows: the run's settings, what it learnt from, what ran it
+    adapters.save_adapter(model, run_dir / "adapter", extra=dict(
+        run=cfg.name, base_model=base_model, config=provenance["config"], train_sources=train_sources,
+        versions=dict(provenance["versions"], xprefix_commit=provenance["git_commit"])))
     skipped = [entry["step"] for entry in log if entry.get("skipped")]
-    summary = dict(C.provenance(cfg), steps=step, train_examples=len(features), trainable_params=n_trainable,
+    summary = dict(provenance, steps=step, train_examples=len(features), trainable_params=n_trainable,
                    seconds=elapsed, final_loss=log[-1]["loss"] if log else None, n_skipped_steps=len(skipped),
                    skipped_steps=skipped, world_size=world_size, parallel=cfg.parallel if world_size > 1 else None,
                    weights_gib_per_rank=weight_bytes(model) / 2**30, log=log)
@@ -366,6 +452,9 @@ def _train(cfg: C.RunConfig, resume, overwrite):
     C.write_json_atomic(run_dir / "train_log.json", summary)
     print(f"saved adapter to {run_dir / 'adapter'} after {step} steps in {elapsed:.0f}s"
           + (f"; {len(skipped)} non-finite step(s) skipped: {skipped}" if skipped else ""))
+    if cfg.push_to_hub:  # last: a failed upload loses nothing (evaluate.py pushes again, with scores)
+        share.push_adapter(run_dir / "adapter", cfg.push_to_hub)
+        print(f"pushed {run_dir / 'adapter'} to the hub repo {cfg.push_to_hub}")
     return run_dir / "adapter"
 
 

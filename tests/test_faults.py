@@ -201,7 +201,8 @@ def test_results_record_the_adapter_hash_and_stale_caches_are_refused(tmp_path, 
 
 def test_nothing_untrusted_is_executed(straight):
     torch.load(straight / "checkpoint" / "state.pt", weights_only=True)  # tensors and plain data only
-    assert sorted(p.name for p in (straight / "adapter").iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    assert sorted(p.name for p in (straight / "adapter").iterdir()) == ["README.md", "adapter.safetensors",
+                                                                       "adapter_config.json"]
     assert C.RunConfig.__dataclass_fields__["trust_remote_code"].default is False
     for source in ROOT.glob("*.py"):
         text = source.read_text()
