@@ -3,6 +3,7 @@
     python evaluate.py --run demo
     python evaluate.py --run prefix_xnli_llama8b --eval_languages en,de --eval_samples 200
     torchrun --nproc_per_node 8 evaluate.py -- --run NAME      # the batches dealt out to 8 GPUs
+    python evaluate.py --run NAME --harness xcopa,xstorycloze  # lm-evaluation-harness tasks (harness.py)
 
 Choice tasks (XNLI, Belebele) compare the log-likelihood of each option after the prompt;
 generation tasks (XQuAD, MGSM) generate with a KV cache, batched with left padding, and score the
@@ -33,7 +34,8 @@ import config as C
 import data
 import models
 import runlock
-from train import init_distributed, script_args
+import share
+from train import Curves, init_distributed, script_args
 
 
 def _halve_on_oom(batch_size, n_in_batch):
@@ -201,16 +203,35 @@ def eval_length(cfg, model):
     return getattr(model.config, "max_position_embeddings", None)
 
 
+def generation_settings(task, cfg):
+    """(max new tokens, sample?): the run's, else the task's. Under prompt_style harness a generation
+    task takes the harness's own: greedy, up to 256 new tokens (HFLM's max_gen_toks, which the
+    harness's XQuAD and MGSM task files keep), so XQuAD answers are the harness's answers."""
+    if task.kind == "choice":  # choice_scoring generate: only the answer's first word is read
+        return cfg.max_new_tokens or 8, False
+    harness = cfg.prompt_style == "harness"
+    max_new_tokens = cfg.max_new_tokens or (data.HARNESS_MAX_NEW_TOKENS if harness else task.max_new_tokens)
+    do_sample = cfg.do_sample if cfg.do_sample is not None else (not harness and getattr(task, "do_sample", False))
+    return max_new_tokens, do_sample
+
+
+def scored_texts(task, cfg, examples):
+    """(context, options or None) per example, as evaluation feeds them: log-likelihood choice
+    scoring compares task.scored's options after its context (XNLI's harness style: whole
+    sentences after an empty context); generation continues the prompt."""
+    if task.kind == "choice" and cfg.choice_scoring == "loglik":
+        return [task.scored(ex, cfg.prompt_style) for ex in examples]
+    return [(task.prompt(ex, cfg.prompt_style), None) for ex in examples]
+
+
 def prompt_rooms(task, cfg, tokenizer, examples, length):
     """The most tokens each example's prompt keeps within `length` (None: all), as generate and
     choice_logprobs cut it: room for the new tokens, or for the example's longest option."""
     if length is None:
         return [None] * len(examples)
-    if task.kind == "choice" and cfg.choice_scoring == "loglik":  # each option's tokens as choice_logprobs scores them
-        answers = [max(len(data.answer_ids(tokenizer, task.prompt(ex, cfg.prompt_style), c))
-                       for c in task.choices(ex, cfg.prompt_style)) for ex in examples]
-    else:
-        answers = [cfg.max_new_tokens or task.max_new_tokens or 8] * len(examples)
+    answers = [max(len(data.answer_ids(tokenizer, context, c)) for c in options)  # as choice_logprobs scores them
+               if options is not None else generation_settings(task, cfg)[0]
+               for context, options in scored_texts(task, cfg, examples)]
     return [max(length - n, 1) for n in answers]
 
 
@@ -223,7 +244,8 @@ def fitting_ids(task, cfg, tokenizer, languages, length):
     for lang in languages:
         with data.schema_errors(task, cfg.data_dir):
             examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, seed=cfg.seed)
-            sizes = map(len, tokenizer([task.prompt(ex, cfg.prompt_style) for ex in examples])["input_ids"])
+            contexts = [context for context, _ in scored_texts(task, cfg, examples)]
+            sizes = map(len, tokenizer(contexts)["input_ids"]) if contexts else []
         rooms = prompt_rooms(task, cfg, tokenizer, examples, length)
         fits = {ex["id"] for ex, size, room in zip(examples, sizes, rooms) if size <= room}
         keep = fits if keep is None else keep & fits
@@ -254,21 +276,24 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
         if keep_ids is not None:
             n_candidates = len(examples)
             examples = data.sample([ex for ex in examples if ex["id"] in keep_ids], cfg.eval_samples, cfg.seed)
-        prompts = [task.prompt(ex, cfg.prompt_style) for ex in examples]
+        scored = scored_texts(task, cfg, examples)
+    prompts = [context for context, _ in scored]
     length = eval_length(cfg, model)
     rooms = prompt_rooms(task, cfg, tokenizer, examples, length)
     cuts = [data.fit_prompt(tokenizer, p, room)[1:] for p, room in zip(prompts, rooms)]  # (tokens, characters)
     lost = [dict(tokens_cut=n_tokens, **task.cut_losses(ex, p, n_chars))
             for ex, p, (n_tokens, n_chars) in zip(examples, prompts, cuts)]
     records = []
+    max_new_tokens, do_sample = generation_settings(task, cfg)
     if task.kind == "choice":
-        choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
         if cfg.choice_scoring == "generate":  # a greedy answer, matched to an option by its first word
-            texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, cfg.max_new_tokens or 8,
-                             ("\n",), False, cfg.temperature, cfg.top_p, length)
+            choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
+            texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, max_new_tokens,
+                             ("\n",), do_sample, cfg.temperature, cfg.top_p, length)
             preds = [data.match_choice(text, cs) for text, cs in zip(texts, choices)]
             kept = [dict(text=text) for text in texts]
         else:  # the option with the highest log-likelihood
+            choices = [options for _, options in scored]
             scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, length)
             preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
             kept = [dict(logprobs=s) for s in scores]
@@ -277,10 +302,8 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
                                 correct=pred == ex["label"], **cut))
         metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
     else:
-        do_sample = cfg.do_sample if cfg.do_sample is not None else getattr(task, "do_sample", False)
-        texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device,
-                         cfg.max_new_tokens or task.max_new_tokens, task.stop, do_sample, cfg.temperature, cfg.top_p,
-                         length)
+        texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, max_new_tokens, task.stop, do_sample,
+                         cfg.temperature, cfg.top_p, length)
         scores = [task.score(text, ex) for ex, text in zip(examples, texts)]
         for ex, text, score, cut in zip(examples, texts, scores, lost):
             records.append(dict(id=ex.get("id"), prediction=text, **score, **cut))
@@ -335,7 +358,7 @@ def check_cached(cfg, rows_extra, languages, overwrite):
             print(f"re-evaluating {line}")
 
 
-def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, keep_ids=None):
+def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, keep_ids=None, curves=None):
     """Evaluate one model (row of the table) in every language, resuming finished languages whose
     settings match (check_cached has refused or approved the others); warn of every cut prompt."""
     results = {}
@@ -351,6 +374,8 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, kee
         if _is_rank0():  # every rank has the gathered result; one writes it
             C.write_json_atomic(path, result)
             tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
+            if curves:  # report_to: tensorboard / wandb
+                curves.scores(row, lang, result["metrics"])
             cut = result["truncation"]
             if cut["n_cut"]:
                 lost = "".join(f", {k} {v}" for k, v in cut["lost"].items())
@@ -403,11 +428,24 @@ def main(argv=None):
     parser.add_argument("--no-base", action="store_true", help="skip the untrained base model's row")
     parser.add_argument("--overwrite", action="store_true",
                         help="re-evaluate cached languages whose settings or adapter changed")
+    group = parser.add_argument_group("lm-evaluation-harness (pip install lm-eval; see harness.py)")
+    group.add_argument("--harness", metavar="TASKS",
+                       help="comma-separated harness tasks, groups or tags, run instead of the run's own task")
+    group.add_argument("--harness-limit", type=float, metavar="N",
+                       help="the first N documents of each task (a fraction of them if below 1)")
+    group.add_argument("--harness-fewshot", type=int, metavar="N", help="few-shot examples (default: each task's)")
+    group.add_argument("--harness-include", metavar="DIR", help="a folder of extra task YAMLs")
     C.add_override_args(parser)
     args = parser.parse_args(script_args(argv))
     try:
         cfg = C.get_run(args.run, C.overrides_from_args(args), args.runs_file)
-        run(cfg, no_base=args.no_base, overwrite=args.overwrite)
+        harness = None
+        if args.harness:
+            harness = dict(names=[n for n in args.harness.split(",") if n], num_fewshot=args.harness_fewshot,
+                           include_path=args.harness_include,
+                           limit=int(args.harness_limit) if args.harness_limit and args.harness_limit >= 1
+                           else args.harness_limit)
+        run(cfg, no_base=args.no_base, overwrite=args.overwrite, harness=harness)
     except (ValueError, OSError) as e:  # bad input (ours say what and where) or an unreadable / unwritable path
         sys.exit(f"error: {e}")
     finally:
@@ -415,9 +453,20 @@ def main(argv=None):
             dist.destroy_process_group()
 
 
-def run(cfg, no_base=False, overwrite=False):
+def run(cfg, no_base=False, overwrite=False, harness=None):
+    """Evaluate the run's own task, or with `harness` (keyword arguments of harness.evaluate_run,
+    `names` among them) lm-evaluation-harness tasks."""
+    if harness is not None:
+        try:  # an optional extra: checked before the lock and any work
+            import harness as lm_harness
+        except ModuleNotFoundError as e:
+            if e.name != "lm_eval":
+                raise
+            raise ValueError(str(e)) from None
     init_distributed()  # first: under torchrun rank 0 takes the lock and tells every rank whether it could
     with runlock.lock_run(cfg.run_dir):  # one writer per run folder: never read an adapter that train.py is writing
+        if harness is not None:
+            return lm_harness.evaluate_run(cfg, no_base=no_base, **harness)
         return _run(cfg, no_base, overwrite)
 
 
@@ -441,6 +490,7 @@ def _run(cfg, no_base, overwrite):
         raise ValueError(f"run {cfg.name!r} has no trained adapter at {adapter_dir}; "
                          f"run `python train.py --run {cfg.name}` first")
     rank, _, rank_device = init_distributed()
+    curves = Curves(cfg, rank)  # before the model loads: a missing logger package fails now
     device, dtype = C.device_and_dtype(cfg)
     device = rank_device or device
     model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
@@ -463,12 +513,13 @@ def _run(cfg, no_base, overwrite):
     if "base" in rows_extra:
         adapters.set_attn_backend(model, cfg.attn_backend)
         rows["base"] = evaluate_row(model, tokenizer, task, cfg, "base", languages, device, rows_extra["base"],
-                                    keep_ids)
+                                    keep_ids, curves)
     if cfg.method != "base":
         adapters.load_adapter(model, adapter_dir, attn_backend=cfg.attn_backend, method=cfg.method)
         model.eval()
         rows[cfg.method] = evaluate_row(model, tokenizer, task, cfg, cfg.method, languages, device,
-                                        rows_extra[cfg.method], keep_ids)
+                                        rows_extra[cfg.method], keep_ids, curves)
+    curves.close()
 
     metric = task.primary_metric
     csv_text, md = tables(rows, languages, metric)
@@ -489,6 +540,8 @@ def _run(cfg, no_base, overwrite):
     C.write_text_atomic(cfg.run_dir / "results.md", f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n\n{cuts}\n\n{grouped}\n")
     print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\n{cuts}\n\n{grouped}\n\n"
           f"written to {cfg.run_dir}")
+    if cfg.push_to_hub and cfg.method != "base":  # again after train.py, last: the card now shows the scores
+        share.push_adapter(adapter_dir, cfg.push_to_hub)
 
 
 if __name__ == "__main__":

@@ -306,6 +306,19 @@ def test_xnli_harness_prompt_in_german(shared):
     assert task.prompt(ex, "harness") == ex["premise"] + ", richtig?"
     assert task.choices(ex, "harness") == [f" {w}, {ex['hypothesis']}" for w in ("Ja", "Auch", "Nein")]
     assert task.target(ex, "harness") == f" Auch, {ex['hypothesis']}"  # label 1: neutral
+    # log-likelihood scoring, as the harness's xnli_de: whole sentences after an empty context
+    assert task.scored(ex, "harness") == ("", [f" {ex['premise']}, richtig? {w}, {ex['hypothesis']}"
+                                               for w in ("Ja", "Auch", "Nein")])
+    assert task.scored(ex, "paper") == (task.prompt(ex, "paper"), task.choices(ex, "paper"))
+
+
+def test_an_empty_prompt_is_the_harness_prefix_token(tiny_model_dir):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer("")["input_ids"] == []  # this tokenizer adds no BOS of its own
+    assert data.fit_prompt(tokenizer, "") == ([tokenizer.bos_token_id], 0, 0)
+    tokenizer.bos_token = None  # then EOS, as lm-evaluation-harness's HFLM.prefix_token_id
+    assert data.prompt_ids(tokenizer, "") == [tokenizer.eos_token_id]
 
 
 def test_xquad_harness_prompt_is_localised(shared):
