@@ -597,10 +597,7 @@ class _PrefixAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p)
         ctx.cfg = dict(causal=causal, scale=scale, window=window, P=P, is_gated=is_gated, block_p=block_p,
                        has_key_start=key_start is not None, precision=precision,
-                       shared_prefix=prefix_k is not None and prefix_k.dim() == 3,
-                       prefix_shape=None if prefix_k is None else prefix_k.shape,
-                       prefix_dtype=None if prefix_k is None else prefix_k.dtype,
-                       gate_dtype=None if gate is None else gate.dtype)
+                       **_grad_layout(prefix_k, gate))
         return out
 
     @staticmethod
@@ -644,16 +641,39 @@ class _PrefixAttention(torch.autograd.Function):
             c["scale"], BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=c["causal"], HAS_KEY_START=c["has_key_start"],
             IS_WINDOWED=c["window"] is not None, num_warps=w_k, num_stages=s_k, **common)
 
-        dpk = dpv = dg = None
-        if c["prefix_shape"] is not None:
-            if c["shared_prefix"]:  # summed over the batch in a fixed order: deterministic
-                dpk_part, dpv_part = dpk_part.sum(0), dpv_part.sum(0)  # (H_kv, P, D)
-            dpk = dpk_part.to(c["prefix_dtype"]).reshape(c["prefix_shape"])
-            dpv = dpv_part.to(c["prefix_dtype"]).reshape(c["prefix_shape"])
-        if is_gated:
-            # out = O_seq + tanh(g) O_prefix, so dL/dg = (1 - tanh(g)^2) * sum_{b, m} dO . O_prefix
-            dg = ((1.0 - tanh_gate * tanh_gate) * dot_p.sum(dim=(0, 2))).to(c["gate_dtype"])  # (Hq,)
+        dpk, dpv, dg = _prefix_grads(c, dpk_part, dpv_part, dot_p if is_gated else None, tanh_gate, q.device)
         return dq, dk, dv, dpk, dpv, dg, None, None, None, None
+
+
+def _grad_layout(prefix_k, gate):
+    """What a backward needs to hand the prefix and gate gradients back as their inputs came."""
+    return dict(prefix_shape=None if prefix_k is None else prefix_k.shape,
+                prefix_dtype=None if prefix_k is None else prefix_k.dtype,
+                gate_dtype=None if gate is None else gate.dtype)
+
+
+def _prefix_grads(cfg, dpk, dpv, dot_p, tanh_gate, device):
+    """Prefix and gate gradients from a backward's fp32 sums, for both routes.
+
+    Args:
+        cfg: holds _grad_layout's entries and is_gated.
+        dpk, dpv: (B, H_kv, P, D) fp32 sums per sequence, or None where there are no prefix keys.
+        dot_p: (B, Hq, M) per-row dO . O_prefix (gated mode), or None where there are no prefix keys.
+    Returns (dpk, dpv, dgate), each None where its input was None.
+    """
+    dpk_out = dpv_out = dg = None
+    if cfg["prefix_shape"] is not None:
+        if dpk is None:  # no prefix keys: nothing flowed to them
+            dpk = dpv = torch.zeros(cfg["prefix_shape"], device=device, dtype=torch.float32)
+        elif len(cfg["prefix_shape"]) == 3:  # shared by the batch: summed over it in a fixed order
+            dpk, dpv = dpk.sum(0), dpv.sum(0)  # (H_kv, P, D)
+        dpk_out = dpk.to(cfg["prefix_dtype"]).reshape(cfg["prefix_shape"])
+        dpv_out = dpv.to(cfg["prefix_dtype"]).reshape(cfg["prefix_shape"])
+    if cfg["is_gated"]:
+        # out = O_seq + tanh(g) O_prefix, so dL/dg = (1 - tanh(g)^2) * sum_{b, m} dO . O_prefix
+        dg = torch.zeros_like(tanh_gate) if dot_p is None else (1.0 - tanh_gate * tanh_gate) * dot_p.sum(dim=(0, 2))
+        dg = dg.to(cfg["gate_dtype"])  # (Hq,)
+    return dpk_out, dpv_out, dg
 
 
 IMPLS = ("auto", "fused", "split")

@@ -58,7 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.prefix_attention import LOG2E, _interpreting, _last_contiguous, _prefix_strides
+from kernels.prefix_attention import (LOG2E, _grad_layout, _interpreting, _last_contiguous, _prefix_grads,
+                                      _prefix_strides)
 
 MAX_PREFIX = 64
 
@@ -371,9 +372,7 @@ class _SplitPrefixAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, pk, pv, tanh_gate, key_start, *seq_saved, lse)
         ctx.state = state
         ctx.cfg = dict(backend=backend, causal=causal, scale=scale, window=window, P=P, block_p=block_p,
-                       is_gated=is_gated, prefix_shape=None if prefix_k is None else prefix_k.shape,
-                       prefix_dtype=None if prefix_k is None else prefix_k.dtype,
-                       gate_dtype=None if gate is None else gate.dtype)
+                       is_gated=is_gated, **_grad_layout(prefix_k, gate))
         return out
 
     @staticmethod
@@ -390,7 +389,7 @@ class _SplitPrefixAttention(torch.autograd.Function):
             do_seq = dout.masked_fill(_empty_rows(key_start, M, N, c["causal"]), 0.0)
         dq, dk, dv = SEQUENCE_OPS[c["backend"]][1](do_seq, q, k, v, seq_out, seq_lse, ctx.state, c["causal"],
                                                    c["scale"], c["window"], key_start)
-        dpk = dpv = dg = None
+        dpk = dpv = None
         if P > 0:
             block_m, warps = _tiles(D)
             n_blocks = triton.cdiv(M, block_m)
@@ -407,20 +406,10 @@ class _SplitPrefixAttention(torch.autograd.Function):
                 c["scale"] * LOG2E, c["scale"], GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m,
                 BLOCK_P=c["block_p"], IS_GATED=c["is_gated"],
                 **_dot_options(q.dtype), num_warps=warps)
-            # summed in a fixed order (chunks, then the heads of each group, then the batch if shared)
+            # summed in a fixed order (chunks, then the heads of each group; _prefix_grads: the batch if shared)
             dpk = dpk_part.sum(0).view(B, Hkv, Hq // Hkv, P, D).sum(2)  # (B, H_kv, P, D)
             dpv = dpv_part.sum(0).view(B, Hkv, Hq // Hkv, P, D).sum(2)
-            if c["is_gated"]:
-                dg = (1.0 - tanh_gate * tanh_gate) * dot_p.sum(dim=(0, 2))  # (Hq,)
-        if c["prefix_shape"] is not None:
-            shared = len(c["prefix_shape"]) == 3
-            if P == 0:
-                dpk = dpv = torch.zeros(c["prefix_shape"], device=q.device, dtype=c["prefix_dtype"])
-            else:
-                dpk, dpv = (dpk.sum(0), dpv.sum(0)) if shared else (dpk, dpv)
-                dpk, dpv = dpk.to(c["prefix_dtype"]), dpv.to(c["prefix_dtype"])
-        if c["is_gated"]:
-            dg = (dg if dg is not None else torch.zeros(Hq, device=q.device)).to(c["gate_dtype"])
+        dpk, dpv, dg = _prefix_grads(c, dpk, dpv, dot_p if P > 0 and c["is_gated"] else None, tanh_gate, q.device)
         return dq, dk, dv, dpk, dpv, dg, None, None, None, None
 
 
