@@ -3,6 +3,8 @@
     python report.py --table table1                    # the runs behind one table of the paper
     python report.py --all                             # every table of paper_results.json
     python report.py --runs prefix_xnli_llama8b lora_xnli_llama8b   # any runs, by task and model
+    python report.py --compare base_xnli_llama8b lora_xnli_llama8b prefix_xnli_llama8b   # statistics
+    python report.py --compare lora_xnli_llama8b       # one run: its adapter row against its base row
 
 Reads each finished run's runs/<name>/results.json (written by evaluate.py) and the paper's
 numbers from paper_results.json, and writes reports/<name>.md with PNGs beside it. A cell reads
@@ -12,7 +14,12 @@ rows show the paper's numbers alone.
 Which row of a run's results: the paper's "base" row is the base run's `base` row (or, when that
 run is missing, the `base` row any other run of the table evaluated beside its adapter); every
 other row is the run's trained method. Averages are over the table's languages and are shown only
-when a run has all of them.
+when a run has all of them. Bars carry +-1 s.e. over examples where eval/<row>/<lang>.json exist.
+
+--compare tests differences on the same examples: every run (RUN, or RUN:ROW for another row of its
+results) against the first, per language and per average, with the paired standard error and a
+paired bootstrap confidence interval. Runs whose saved configs differ only in seed are pooled into
+one entry: per example the mean over seeds, with the spread across seeds beside it.
 """
 import argparse
 import json
@@ -21,10 +28,12 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import config as C  # noqa: E402
 import data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -36,7 +45,8 @@ SCRIPT_NAMES = {"Latn": "Latin", "Cyrl": "Cyrillic", "Arab": "Arabic", "Deva": "
                 "Mymr": "Burmese", "Ethi": "Ethiopic", "Knda": "Kannada", "Mlym": "Malayalam", "Taml": "Tamil",
                 "Orya": "Odia", "Sinh": "Sinhala"}
 LEGEND = ("Cells: our number, then <sub>(the paper's number, ours - paper)</sub>; `-` where we have no "
-          "finished run. Averages are over the table's languages, shown when a run has all of them.")
+          "finished run. Averages are over the table's languages, shown when a run has all of them. Bars "
+          "carry ±1 s.e. over examples where the run's per-example scores (eval/<row>/<lang>.json) exist.")
 
 
 def load_paper(path=PAPER_FILE) -> dict:
@@ -73,10 +83,11 @@ def mean(values):
 
 
 class Collector:
-    """Reads runs once and remembers which are missing."""
+    """Reads runs once and remembers which are missing, and why a row has no per-example scores."""
 
     def __init__(self, runs_dir):
         self.runs_dir, self.cache, self.missing = Path(runs_dir), {}, []
+        self.example_cache, self.no_examples = {}, []
 
     def get(self, name):
         if name not in self.cache:
@@ -84,6 +95,153 @@ class Collector:
             if self.cache[name] is None:
                 self.missing.append(name)
         return self.cache[name]
+
+    def errors(self, name, row, languages, metric=None) -> dict:
+        """{lang: s.e. over examples, "avg": s.e. of the mean over `languages`} of a finished run's
+        row; {} where its per-example scores are missing or stale (the reason kept in no_examples)."""
+        key = (name, row, metric)
+        if key not in self.example_cache:
+            results, self.example_cache[key] = self.get(name), None
+            try:
+                self.example_cache[key] = results and example_scores(self.runs_dir, name, row, results, metric)
+            except ValueError as e:
+                self.no_examples.append(str(e))
+        values = self.example_cache[key]
+        if not values or not all(l in values for l in languages):
+            return {}
+        out = {l: mean_and_se(values, [l])[1] for l in languages}
+        return dict(out, avg=mean_and_se(values, languages)[1])
+
+
+# --- per-example statistics -----------------------------------------------------------------------
+
+def example_scores(runs_dir, name, row, results, metric=None) -> dict:
+    """{lang: (ids, values)} of one row of a run, sorted by id, from evaluate.py's
+    eval/<row>/<lang>.json: each prediction's metric where it has one (XQuAD f1, MGSM acc), else
+    100 x correct (accuracy). Raises ValueError where a file is missing, an id is absent or repeated,
+    or a language's mean is not results.json's (a file left from another evaluation).
+
+    Args:
+        results: the run's results.json; its languages are read, any other file is ignored.
+        metric: as in `scores`: this metric where the run has it, else the run's primary metric.
+    """
+    values = results["rows"][row]
+    first = next(iter(values.values()), {})
+    key = metric if metric in first else results["metric"]
+    out = {}
+    for lang in results["languages"]:
+        path = Path(runs_dir) / name / "eval" / row / f"{lang}.json"
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: per-example scores come from evaluate.py's eval/<row>/<lang>.json")
+        predictions = json.loads(path.read_text())["predictions"]
+        ids = [p.get("id") for p in predictions]
+        if None in ids or len(set(ids)) != len(ids):
+            raise ValueError(f"{path}: example ids are missing or repeated, so examples cannot be paired")
+        scored = np.array([p[key] if key in p else 100.0 * p["correct"] for p in predictions], dtype=float)
+        order = np.argsort(np.array(ids, dtype=str), kind="stable")
+        ids, scored = np.array(ids, dtype=str)[order], scored[order]
+        expected = values[lang][key]
+        if len(scored) == 0 or abs(scored.mean() - expected) > 1e-6 * max(1.0, abs(expected)):
+            raise ValueError(f"{path}: the mean of its {len(scored)} examples is not results.json's {key} {expected}; "
+                             f"rerun evaluate.py --run {name} so the two agree")
+        out[lang] = (ids, scored)
+    return out
+
+
+def is_parallel(values) -> bool:
+    """Whether every language holds the same example ids: the same questions in each language (the
+    benchmarks are parallel), resampled together so that an average's interval counts how a hard
+    question is hard in every language."""
+    ids = [i for i, _ in values.values()]
+    return all(len(i) == len(ids[0]) and (i == ids[0]).all() for i in ids[1:])
+
+
+def resample_indices(rng, n, n_resamples):
+    """(n_resamples, n) example positions drawn with replacement: one bootstrap sample a row."""
+    return rng.integers(0, n, size=(n_resamples, n))
+
+
+def _resampled_means(rng, matrix, n_resamples):
+    """(n_resamples, L) means of resampled columns of `matrix` (L, n), one draw shared by its rows;
+    counts times values instead of gathering, so 2000 x 12 x 1190 stays small and fast."""
+    n = matrix.shape[1]
+    idx = resample_indices(rng, n, n_resamples)
+    counts = np.bincount((idx + n * np.arange(n_resamples)[:, None]).ravel(), minlength=n_resamples * n)
+    return counts.reshape(n_resamples, n) @ matrix.T / n
+
+
+def bootstrap_means(values, groups, n_resamples=2000, seed=0):
+    """(n_resamples, len(groups)): per bootstrap sample, each group's mean over its languages of the
+    language's resampled mean (languages weigh equally, as in the paper's averages). Parallel
+    languages share one draw of example positions; otherwise each language draws its own, in the
+    order of `values`.
+
+    Args:
+        values: {lang: (ids, per-example values)}, e.g. differences between two runs.
+        groups: {key: [languages]}; a language alone is a group of one.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"the number of bootstrap resamples must be at least 1, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    languages = list(values)
+    if is_parallel(values):
+        means = _resampled_means(rng, np.stack([v for _, v in values.values()]), n_resamples)  # (B, L)
+    else:
+        means = np.stack([_resampled_means(rng, v[None], n_resamples)[:, 0] for _, v in values.values()], 1)
+    position = {lang: i for i, lang in enumerate(languages)}
+    return np.stack([means[:, [position[l] for l in langs]].mean(1) for langs in groups.values()], 1)
+
+
+def mean_and_se(values, languages):
+    """(mean over `languages` of their means, its standard error over examples; None under 2).
+    Parallel languages: the s.e. of the per-question average across languages, which keeps their
+    correlation; otherwise the languages' s.e. combined as independent."""
+    subset = {l: values[l] for l in languages}
+    if is_parallel(subset):
+        per_question = np.stack([v for _, v in subset.values()]).mean(0)
+        n = len(per_question)
+        return float(per_question.mean()), (float(per_question.std(ddof=1) / math.sqrt(n)) if n > 1 else None)
+    ses = [v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None for _, v in subset.values()]
+    se = None if None in ses else float(math.sqrt(sum(s * s for s in ses)) / len(ses))
+    return float(np.mean([v.mean() for _, v in subset.values()])), se
+
+
+def summarize(values, groups, n_resamples=0, seed=0, level=0.95):
+    """{key: dict(mean, se, ci)} for each group of `groups`; ci is the percentile bootstrap interval
+    at `level` (None without resamples)."""
+    if not 0 < level < 1:
+        raise ValueError(f"the confidence level must be between 0 and 1, got {level}")
+    out = {key: dict(zip(("mean", "se"), mean_and_se(values, langs)), ci=None) for key, langs in groups.items()}
+    if n_resamples:
+        means = bootstrap_means(values, groups, n_resamples, seed)
+        low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        for i, key in enumerate(groups):
+            out[key]["ci"] = [float(low[i]), float(high[i])]
+    return out
+
+
+def group_members(languages, by, task=None):
+    """{group: [languages]} by script or family (Belebele: the paper's families), for the languages
+    with that metadata; {} when they fall in fewer than two groups."""
+    key = "paper_family" if by == "family" and task == "belebele" else by
+    known = [l for l in languages if key in data.LANGUAGES.get(l, {})]
+    groups = list(dict.fromkeys(data.LANGUAGES[l][key] for l in known))
+    if len(groups) < 2:
+        return {}
+    return {g: [l for l in known if data.LANGUAGES[l][key] == g] for g in groups}
+
+
+def averages(languages, task=None):
+    """{key: (label, [languages])}: all languages, the non-English ones, and each script and family."""
+    out = {"avg": (f"avg ({len(languages)})", list(languages))}
+    others = [l for l in languages if data.LANGUAGES.get(l, {}).get("name") != "English"]
+    if 0 < len(others) < len(languages):
+        out["non_en"] = (f"non-English ({len(others)})", others)
+    for by in ("script", "family"):
+        for group, members in group_members(languages, by, task).items():
+            name = f"{SCRIPT_NAMES.get(group, group)} script" if by == "script" else group
+            out[f"{by}:{group}"] = (f"{name} ({len(members)})", members)
+    return out
 
 
 def fmt_number(value, digits=1):
@@ -109,18 +267,22 @@ def markdown_table(header, lines):
 # --- per-language tables ----------------------------------------------------------------------
 
 def per_language(table, runs):
-    """{row: (ours {lang: v}, paper {lang: v})} for a table with languages as columns."""
+    """(languages, {row: (ours {lang: v}, paper {lang: v})}, {row: (run, its results row) or None})
+    for a table with languages as columns."""
     languages = [c for c in table["columns"] if c != "avg"]
-    out, base_fallback = {}, None
+    out, sources, base_fallback = {}, {}, None
     for row, run in table["runs"].items():
         results = runs.get(run)
         if results is not None and base_fallback is None and "base" in results["rows"]:
-            base_fallback = scores(results, "base", table["metric"])
-        ours = scores(results, "base" if row == "base" else trained_row(results), table["metric"]) if results else {}
+            base_fallback = run, scores(results, "base", table["metric"])
+        own = results and ("base" if row == "base" else trained_row(results))
+        ours = scores(results, own, table["metric"]) if results else {}
         out[row] = [{l: ours[l] for l in languages if l in ours}, dict(table["rows"].get(row, {}))]
+        sources[row] = (run, own) if results else None
     if "base" in out and not out["base"][0] and base_fallback:
-        out["base"][0] = {l: base_fallback[l] for l in languages if l in base_fallback}
-    return languages, out
+        out["base"][0] = {l: base_fallback[1][l] for l in languages if l in base_fallback[1]}
+        sources["base"] = base_fallback[0], "base"
+    return languages, out, sources
 
 
 def with_average(values, languages, printed=None):
@@ -142,12 +304,10 @@ def render_per_language(table, languages, rows):
 
 def render_groups(table, languages, rows, by):
     """Mean per script or family, ours and the paper's over the same languages of the table."""
-    key = "paper_family" if by == "family" and table.get("task") == "belebele" else by
-    known = [l for l in languages if key in data.LANGUAGES.get(l, {})]
-    groups = list(dict.fromkeys(data.LANGUAGES[l][key] for l in known))
-    if len(groups) < 2:
+    members = group_members(languages, by, table.get("task"))
+    if not members:
         return None
-    members = {g: [l for l in known if data.LANGUAGES[l][key] == g] for g in groups}
+    groups = list(members)
     header = [by] + [f"{SCRIPT_NAMES.get(g, g) if by == 'script' else g} ({len(members[g])})" for g in groups]
     lines = []
     for row, (ours, paper) in rows.items():
@@ -157,28 +317,44 @@ def render_groups(table, languages, rows, by):
     return markdown_table(header, lines)
 
 
-def plot_per_language(table, languages, rows, out_dir):
-    """A bar chart (ours as bars, the paper as black ticks) and a method x language heatmap."""
+ERROR_BARS = "error bars ±1 s.e. over examples"
+
+
+def bars_figure(table, languages, rows, errors=None):
+    """Ours as bars (±1 s.e. where `errors` {row: {lang: s.e.}} has it), the paper as black ticks;
+    the paper is in the legend only when it has a number here."""
+    errors = errors or {}
     names = list(rows)
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(languages) * max(1, len(names) / 3)), 4.5))
+    paper_in_legend = False
     for i, row in enumerate(names):
         ours, paper = rows[row]
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(languages))]
-        ax.bar(xs, [ours.get(l, 0.0) for l in languages], width, label=METHOD_NAMES.get(row, row))
+        yerr = [errors[row].get(l) or 0.0 for l in languages] if errors.get(row) else None
+        ax.bar(xs, [ours.get(l, 0.0) for l in languages], width, yerr=yerr, capsize=2, label=METHOD_NAMES.get(row, row))
         px = [x for x, l in zip(xs, languages) if l in paper]
-        ax.scatter(px, [paper[l] for l in languages if l in paper], marker="_", s=60 * width * 10,
-                   color="black", zorder=3, label="paper" if i == 0 else None)
+        if px:
+            ax.scatter(px, [paper[l] for l in languages if l in paper], marker="_", s=60 * width * 10,
+                       color="black", zorder=3, label=None if paper_in_legend else "paper")
+            paper_in_legend = True
     ax.set_xticks(range(len(languages)), languages, rotation=45 if len(languages) > 12 else 0, ha="right")
     ax.set_ylabel(table["metric"])
     ax.set_ylim(0, 1.2 * max([1.0] + [v for o, p in rows.values() for v in (*o.values(), *p.values())]))
-    has_paper = any(paper for _, paper in rows.values())
-    ax.set_title(f"{table.get('caption', table['id'])}: " + ("ours (bars) vs paper (ticks)" if has_paper else "ours"))
+    title = "ours (bars) vs paper (ticks)" if paper_in_legend else "ours"
+    ax.set_title(f"{table.get('caption', table['id'])}: {title}" + (f"; {ERROR_BARS}" if errors else ""))
     ax.legend(fontsize=8, ncol=min(len(names) + 1, 6), loc="upper right")
     fig.tight_layout()
+    return fig
+
+
+def plot_per_language(table, languages, rows, out_dir, errors=None):
+    """A bar chart (bars_figure) and a method x language heatmap."""
+    fig = bars_figure(table, languages, rows, errors)
     bars_path = Path(out_dir) / f"{table['id']}_bars.png"
     fig.savefig(bars_path, dpi=110)
     plt.close(fig)
+    names, has_paper = list(rows), any(paper for _, paper in rows.values())
 
     if not any(ours for ours, _ in rows.values()):
         return [bars_path]  # nothing of ours to map
@@ -211,16 +387,19 @@ def plot_per_language(table, languages, rows, out_dir):
 # --- summary tables (averages only) -----------------------------------------------------------
 
 def summary(table, runs):
-    """{row: {column: (ours, paper)}}: each cell is one run's average over its languages."""
+    """{row: {column: (ours, paper, ours' s.e. or None)}}: each cell is one run's average over its
+    languages."""
     out = {}
     for row, cells in table["runs"].items():
         out[row] = {}
         for column, run in cells.items():
             results = runs.get(run)
-            ours = None
+            ours = se = None
             if results is not None:
-                ours = mean(scores(results, "base" if row == "base" else trained_row(results)).values())
-            out[row][column] = (ours, table["rows"].get(row, {}).get(column))
+                own = "base" if row == "base" else trained_row(results)
+                ours = mean(scores(results, own).values())
+                se = runs.errors(run, own, results["languages"]).get("avg")
+            out[row][column] = (ours, table["rows"].get(row, {}).get(column), se)
     return out
 
 
@@ -228,26 +407,37 @@ def render_summary(table, cells):
     params = table.get("params", {})
     header = ["method"] + (["params"] if params else []) + table["columns"]
     lines = [[METHOD_NAMES.get(row, row)] + ([params.get(row, "")] if params else [])
-             + [fmt_cell(*values[c]) for c in table["columns"]] for row, values in cells.items()]
+             + [fmt_cell(*values[c][:2]) for c in table["columns"]] for row, values in cells.items()]
     return markdown_table(header, lines)
 
 
-def plot_summary(table, cells, out_dir):
-    labels, ours, paper = [], [], []
+def summary_figure(table, cells):
+    """Ours (±1 s.e. where known) beside the paper's, which is drawn and named only where it exists."""
+    labels, ours, paper, errors = [], [], [], []
     for row, values in cells.items():
         for column in table["columns"]:
             labels.append(METHOD_NAMES.get(row, row) + ("" if column == "avg" else f"\n{column}"))
             ours.append(values[column][0] or 0.0)
-            paper.append(values[column][1] or 0.0)
+            paper.append(values[column][1])
+            errors.append(values[column][2] or 0.0)
+    has_paper = any(p is not None for p in paper)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
     xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], ours, 0.4, label="ours")
-    ax.bar([x + 0.2 for x in xs], paper, 0.4, label="paper", color="lightgray", edgecolor="black")
+    shift = 0.2 if has_paper else 0.0
+    ax.bar([x - shift for x in xs], ours, 0.4, yerr=errors if any(errors) else None, capsize=2, label="ours")
+    if has_paper:
+        ax.bar([x + shift for x in xs], [p or 0.0 for p in paper], 0.4, label="paper", color="lightgray",
+               edgecolor="black")
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel(table["metric"])
-    ax.set_title(table.get("caption", table["id"]))
+    ax.set_title(table.get("caption", table["id"]) + (f"; {ERROR_BARS}" if any(errors) else ""))
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_summary(table, cells, out_dir):
+    fig = summary_figure(table, cells)
     path = Path(out_dir) / f"{table['id']}_bars.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -285,6 +475,197 @@ def tables_for_runs(names, runs, paper):
     return list(by_key.values())
 
 
+# --- comparing runs on the same examples ---------------------------------------------------------
+
+# Config fields that do not make two runs different experiments: what a run is called and where it
+# lives, and its free-text note. Runs that differ in nothing else but seed are seeds of one experiment.
+NOT_THE_EXPERIMENT = ("name", "out_dir", "description")
+
+
+def load_entry(runs_dir, spec):
+    """One row of one run, for --compare: "RUN" (its trained row) or "RUN:ROW"."""
+    name, _, row = spec.partition(":")
+    results = load_results(runs_dir, name)
+    if results is None:
+        raise ValueError(f"run {name!r} has no results.json in {runs_dir}; evaluate it first")
+    row = row or trained_row(results)
+    if row not in results["rows"]:
+        raise ValueError(f"run {name!r} has no row {row!r}; its rows: {', '.join(results['rows'])}")
+    return dict(name=name, row=row, results=results, config=results.get("config", {}),
+                examples=example_scores(runs_dir, name, row, results))
+
+
+def _experiment(entry):
+    """What seeds of one experiment share: the row and every config field but seed and names."""
+    config = {k: v for k, v in entry["config"].items() if k not in NOT_THE_EXPERIMENT + ("seed",)}
+    return entry["row"], json.dumps(config, sort_keys=True, default=str)
+
+
+def seed_groups(entries):
+    """Entries in groups of seeds: the same row of runs whose configs differ in seed alone (and in
+    NOT_THE_EXPERIMENT), each seed once; in order of first appearance. Anything else stays alone."""
+    groups = []
+    for entry in entries:
+        home = next((g for g in groups if _experiment(g[0]) == _experiment(entry)
+                     and entry["config"].get("seed") not in [e["config"].get("seed") for e in g]), None)
+        if home is None or "seed" not in entry["config"]:
+            groups.append([entry])
+        else:
+            home.append(entry)
+    return groups
+
+
+def _label(group):
+    entry = group[0]
+    text = entry["name"] + ("" if entry["row"] == trained_row(entry["results"]) else f":{entry['row']}")
+    return text + (f" ({len(group)} seeds)" if len(group) > 1 else "")
+
+
+def check_same_examples(a, b, languages):
+    """Raise ValueError unless entries `a` and `b` scored the same example ids in each language."""
+    for lang in languages:
+        ids_a, ids_b = a["examples"][lang][0], b["examples"][lang][0]
+        if len(ids_a) != len(ids_b) or not (ids_a == ids_b).all():
+            common = len(np.intersect1d(ids_a, ids_b))
+            raise ValueError(
+                f"{a['name']}:{a['row']} and {b['name']}:{b['row']} were not scored on the same examples in {lang}: "
+                f"{len(ids_a)} and {len(ids_b)} examples, {common} in common; paired statistics need the same "
+                f"examples (eval_samples below a benchmark's size draws them by seed)")
+
+
+def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95):
+    """Every entry of `specs` against the first, on the examples both scored: per language and per
+    average, each entry's score (mean over seeds of the per-example score) with its s.e. over
+    examples and its spread across seeds, and the difference to the first with the paired s.e. and a
+    paired bootstrap interval (the same resample of examples for both; parallel languages resampled
+    together). A single spec "RUN" compares the run's trained row against its base row.
+
+    Returns the report as a JSON-ready dict (see render_compare)."""
+    if n_resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"--resamples must be at least 1 and --level between 0 and 1, got {n_resamples} and {level}")
+    if len(specs) == 1 and ":" not in specs[0]:
+        specs = [f"{specs[0]}:base", specs[0]]
+    entries = [load_entry(runs_dir, s) for s in specs]
+    kinds = {(e["results"]["task"], e["results"]["metric"]) for e in entries}
+    if len(kinds) > 1:
+        raise ValueError("runs of different tasks or metrics cannot be compared: "
+                         + ", ".join(f"{e['name']} {e['results']['task']} {e['results']['metric']}" for e in entries))
+    groups = seed_groups(entries)
+    if len(groups) < 2:
+        raise ValueError(f"nothing to compare: {', '.join(specs)} are seeds of one experiment, pooled into one "
+                         f"entry; name a run to compare them against first")
+    all_languages = list(dict.fromkeys(l for e in entries for l in e["results"]["languages"]))
+    languages = [l for l in all_languages if all(l in e["examples"] for e in entries)]
+    if not languages:
+        raise ValueError(f"{', '.join(specs)} share no language")
+    for entry in entries[1:]:
+        check_same_examples(entries[0], entry, languages)
+    (task, metric), = kinds
+    keyed = dict({l: (l, [l]) for l in languages}, **averages(languages, task))
+    keys = {k: langs for k, (_, langs) in keyed.items()}
+
+    def pooled(group):  # per example, the mean over the group's seeds
+        return {l: (group[0]["examples"][l][0], np.mean([e["examples"][l][1] for e in group], 0)) for l in languages}
+
+    out_entries = []
+    reference = pooled(groups[0])
+    for i, group in enumerate(groups):
+        values = pooled(group)
+        scores_ = summarize(values, keys)
+        per_seed = [summarize({l: e["examples"][l] for l in languages}, keys) for e in group]
+        for key, cell in scores_.items():
+            cell["per_seed"] = [s[key]["mean"] for s in per_seed]
+            cell["seed_sd"] = float(np.std(cell["per_seed"], ddof=1)) if len(group) > 1 else None
+            cell.pop("ci")
+        entry = dict(label=_label(group), runs=[e["name"] for e in group], row=group[0]["row"],
+                     seeds=[e["config"].get("seed") for e in group], scores=scores_)
+        if i:
+            diffs = {l: (values[l][0], values[l][1] - reference[l][1]) for l in languages}
+            entry["difference"] = summarize(diffs, keys, n_resamples, seed, level)
+        out_entries.append(entry)
+    return dict(task=task, metric=metric, languages=languages,
+                left_out=[l for l in all_languages if l not in languages],
+                n_examples={l: len(reference[l][0]) for l in languages},
+                labels={k: label for k, (label, _) in keyed.items()}, members=keys,
+                resampling="questions, shared by all languages" if is_parallel(reference) else
+                "examples, within each language", n_resamples=n_resamples, bootstrap_seed=seed, level=level,
+                entries=out_entries)
+
+
+def fmt_pm(cell, signed=False):
+    """"45.1 ± 1.2", the s.e. left out where there is none."""
+    if cell["mean"] is None:
+        return "-"
+    text = f"{cell['mean']:+.1f}" if signed else f"{cell['mean']:.1f}"
+    return text + ("" if cell.get("se") is None else f" ± {cell['se']:.1f}")
+
+
+def render_compare(result):
+    """Markdown: languages and averages as rows; each entry's score (± s.e. over examples, seed sd),
+    and each later entry's difference to the first (± paired s.e. [bootstrap interval])."""
+    entries, reference = result["entries"], result["entries"][0]["label"]
+    header = ["", f"{reference}"]
+    for entry in entries[1:]:
+        header += [entry["label"], f"Δ {entry['label']}"]
+    lines = []
+    for key, label in result["labels"].items():
+        cells = []
+        for i, entry in enumerate(entries):
+            score = entry["scores"][key]
+            sd = "" if score["seed_sd"] is None else f" (sd {score['seed_sd']:.1f})"
+            cells.append(fmt_pm(score) + sd)
+            if i:
+                diff = entry["difference"][key]
+                low, high = diff["ci"]
+                cells.append(f"{fmt_pm(diff, signed=True)} [{low:+.1f}, {high:+.1f}]")
+        lines.append([label if key in result["n_examples"] else f"**{label}**"] + cells)
+    n = sorted(set(result["n_examples"].values()))
+    notes = [f"{result['task']} {result['metric']}; {'/'.join(map(str, n))} examples per language; "
+             f"`mean ± s.e.` over examples (seed groups: per example the mean over seeds, `sd` the spread of the "
+             f"score across seeds); differences to {reference} with the paired s.e. and a "
+             f"{100 * result['level']:.0f}% paired bootstrap interval ({result['n_resamples']} resamples of "
+             f"{result['resampling']}, seed {result['bootstrap_seed']})."]
+    if result["left_out"]:
+        notes.append(f"Left out (not scored by every run): {', '.join(result['left_out'])}.")
+    return markdown_table(header, lines) + "\n\n" + "\n".join(notes)
+
+
+def compare_figure(result):
+    """Bars: each later entry's difference to the first, per language and average, with the
+    bootstrap interval as error bars."""
+    keys, entries = list(result["labels"]), result["entries"][1:]
+    width = 0.8 / len(entries)
+    fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(keys) * max(1, len(entries) / 2)), 4.5))
+    for i, entry in enumerate(entries):
+        xs = [j + (i - (len(entries) - 1) / 2) * width for j in range(len(keys))]
+        diffs = [entry["difference"][k] for k in keys]
+        heights = [d["mean"] for d in diffs]
+        errors = [[h - d["ci"][0] for h, d in zip(heights, diffs)], [d["ci"][1] - h for h, d in zip(heights, diffs)]]
+        ax.bar(xs, heights, width, yerr=errors, capsize=2, label=entry["label"])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(keys)), [result["labels"][k] for k in keys], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"{result['metric']} − {result['entries'][0]['label']}")
+    ax.set_title(f"{result['task']}: difference to {result['entries'][0]['label']}; error bars: "
+                 f"{100 * result['level']:.0f}% paired bootstrap CI", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_compare(result, out_path):
+    """reports/<name>.md, .json and _diff_bars.png; returns the Markdown's path."""
+    out_path = Path(out_path)
+    fig = compare_figure(result)
+    png = out_path.with_name(out_path.stem + "_diff_bars.png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    C.write_json_atomic(out_path.with_suffix(".json"), result)
+    C.write_text_atomic(out_path, f"# {result['task']}: {' vs '.join(e['label'] for e in result['entries'])}\n\n"
+                        f"Written by `{result['command']}`.\n\n{render_compare(result)}\n\n![{png.stem}]({png.name})\n")
+    return out_path
+
+
 def build_report(tables, runs, out_path, title, command):
     """Write the Markdown report and its PNGs; returns the report's path."""
     out_path = Path(out_path)
@@ -294,13 +675,16 @@ def build_report(tables, runs, out_path, title, command):
         label = table.get("paper_label")
         lines = [f"## {label + ': ' if label else ''}{table.get('caption', table['id'])}", ""]
         if table["kind"] == "per_language":
-            languages, rows = per_language(table, runs)
+            languages, rows, sources = per_language(table, runs)
+            errors = {row: runs.errors(*source, languages, table["metric"]) for row, source in sources.items()
+                      if source}
+            errors = {row: e for row, e in errors.items() if e}
             lines += [render_per_language(table, languages, rows), ""]
             for by in ("script", "family"):
                 grouped = render_groups(table, languages, rows, by)
                 if grouped:
                     lines += [f"By {by} (mean over the languages above):", "", grouped, ""]
-            pngs = plot_per_language(table, languages, rows, out_path.parent)
+            pngs = plot_per_language(table, languages, rows, out_path.parent, errors)
         else:
             cells = summary(table, runs)
             lines += [render_summary(table, cells), ""]
@@ -313,6 +697,9 @@ def build_report(tables, runs, out_path, title, command):
     if runs.missing:
         head += ["Runs without results (train and evaluate them first):", ""]
         head += [f"- `{name}`" for name in sorted(set(runs.missing))] + [""]
+    if runs.no_examples:
+        head += ["Rows drawn without error bars (no per-example scores):", ""]
+        head += [f"- {reason}" for reason in dict.fromkeys(runs.no_examples)] + [""]
     out_path.write_text("\n".join(head + sections))
     return out_path
 
@@ -323,11 +710,27 @@ def main(argv=None):
     pick.add_argument("--runs", nargs="+", metavar="RUN", help="run names of runs.yaml")
     pick.add_argument("--table", nargs="+", metavar="ID", help="paper table ids, e.g. table1 table4_script")
     pick.add_argument("--all", action="store_true", help="every table of paper_results.json")
+    pick.add_argument("--compare", nargs="+", metavar="RUN[:ROW]",
+                      help="runs (or RUN:ROW, e.g. lora_xnli_llama8b:base) against the first, on the same examples")
+    stats = parser.add_argument_group("--compare statistics")
+    stats.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    stats.add_argument("--bootstrap-seed", type=int, default=0, help="the bootstrap's generator seed")
+    stats.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs"), help="where runs/<name>/results.json live")
     parser.add_argument("--paper", default=str(PAPER_FILE))
     parser.add_argument("--out", default=None, help="Markdown path (default reports/<name>.md)")
     args = parser.parse_args(argv)
 
+    command = "python report.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.compare:
+        try:
+            result = compare(args.runs_dir, args.compare, args.resamples, args.bootstrap_seed, args.level)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        result["command"] = command
+        path = write_compare(result, Path(args.out) if args.out else ROOT / "reports" / "compare.md")
+        print(render_compare(result) + f"\n\nwritten {path}, {path.with_suffix('.json').name} and its plot")
+        return result
     paper = load_paper(args.paper)
     runs = Collector(args.runs_dir)
     if args.runs:
@@ -339,7 +742,6 @@ def main(argv=None):
             sys.exit(f"error: unknown table(s) {', '.join(unknown)}; known: {', '.join(paper)}")
         tables, name = [paper[i] for i in ids], "all" if args.all else "_".join(ids)
     out = Path(args.out) if args.out else ROOT / "reports" / f"{name}.md"
-    command = "python report.py " + " ".join(argv if argv is not None else sys.argv[1:])
     path = build_report(tables, runs, out, f"xprefix vs the paper: {name}", command)
     print(f"written {path}" + (f"; {len(set(runs.missing))} run(s) without results" if runs.missing else ""))
 

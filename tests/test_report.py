@@ -1,8 +1,11 @@
 """paper_results.json is self-consistent, and report.py builds tables and plots from fake runs."""
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
+import config as C
 import data
 import report
 from config import load_runs
@@ -122,3 +125,299 @@ def test_report_for_named_runs_finds_the_paper_numbers(tmp_path):
                     "81.2 |")
     assert "- `nope_xnli_llama8b`" in text
     assert (tmp_path / "belebele_llama3_1-8b_heatmap.png").stat().st_size > 1000
+
+
+# --- statistics: runs compared on the same examples -------------------------------------------------
+
+def write_scored_run(runs_dir, name, method, task, per_example, **fields):
+    """A run as evaluate.py leaves it: eval/<row>/<lang>.json per row and language, every prediction
+    with its id and score, and results.json with each language's metrics and the saved config.
+
+    Args:
+        per_example: {row: {lang: {example id: score}}}; XQuAD scores are F1, the others 0 or 100
+            (correct or not, kept as evaluate.py keeps a choice task's predictions).
+    """
+    cfg = C.RunConfig(name=name, model="smollm2-135m", method=method, task=task, out_dir=str(runs_dir), **fields)
+    meta = dict(config=dataclasses.asdict(cfg), git_commit=None, git_dirty=None, device="cpu",
+                versions={}, fit_languages=None)
+    metric = "f1" if task == "xquad" else "accuracy"
+    rows = {}
+    for row, languages in per_example.items():
+        rows[row] = {}
+        for lang, by_id in languages.items():
+            if task == "xquad":
+                predictions = [dict(id=i, prediction="x", f1=s, em=float(s == 100.0), tokens_cut=0, answer_lost=0)
+                               for i, s in by_id.items()]
+                metrics = {k: sum(p[k] for p in predictions) / len(predictions) for k in ("f1", "em")}
+            else:
+                predictions = [dict(id=i, label=0, prediction=0 if s else 1, logprobs=[-1.0, -2.0, -3.0],
+                                    correct=bool(s), tokens_cut=0) for i, s in by_id.items()]
+                metrics = dict(accuracy=100.0 * sum(p["correct"] for p in predictions) / len(predictions))
+            truncation = dict(eval_fit="whole", length=None, n_candidates=None, n_fit=None, n_cut=0,
+                              max_tokens_cut=0, mean_tokens_cut=0.0, lost={})
+            path = runs_dir / name / "eval" / row / f"{lang}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(dict(language=lang, n=len(predictions), metrics=metrics, truncation=truncation,
+                                            predictions=predictions, seconds=1.0, **meta, adapter=None,
+                                            adapter_sha256=None)))
+            rows[row][lang] = metrics
+    languages = list(next(iter(per_example.values())))
+    summary = dict(meta, adapter_sha256=None, task=task, metric=metric, languages=languages, rows=rows,
+                   groups={}, truncation={}, train_sources=None)
+    (runs_dir / name / "results.json").write_text(json.dumps(summary))
+
+
+def correlated_runs(n_questions, languages, seed, gain=0.1):
+    """Per-example 0/100 scores of a base model and an adapter on parallel questions: a question is
+    hard in every language, and the adapter mostly answers as the base model does, right on a
+    `gain` share more of them."""
+    rng = np.random.default_rng(seed)
+    ease = rng.uniform(0, 1, n_questions)
+    ids = [f"q{i:04d}" for i in range(n_questions)]
+    base, adapter = {}, {}
+    for lang in languages:
+        right = rng.uniform(0, 1, n_questions) < ease
+        better = right | (rng.uniform(0, 1, n_questions) < gain)
+        base[lang] = dict(zip(ids, 100.0 * right))
+        adapter[lang] = dict(zip(ids, 100.0 * better))
+    return base, adapter
+
+
+def as_values(by_lang):
+    return {l: (np.array(sorted(s)), np.array([s[i] for i in sorted(s)])) for l, s in by_lang.items()}
+
+
+def test_bootstrap_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    # paired differences in {-100, 0, +100} with known means per language; 400 repeated experiments
+    truth = {"en": 0.25 * 100 - 0.05 * 100, "de": 0.15 * 100 - 0.10 * 100}
+    rng = np.random.default_rng(1)
+    covered = {k: 0 for k in ("en", "de", "avg")}
+    for trial in range(400):
+        values = {}
+        for lang, p_up, p_down in (("en", 0.25, 0.05), ("de", 0.15, 0.10)):
+            u = rng.uniform(0, 1, 120)
+            values[lang] = (np.arange(120).astype(str), 100.0 * (u < p_up) - 100.0 * (u > 1 - p_down))
+        stats = report.summarize(values, {"en": ["en"], "de": ["de"], "avg": ["en", "de"]}, 400, seed=trial)
+        for key, target in dict(truth, avg=(truth["en"] + truth["de"]) / 2).items():
+            low, high = stats[key]["ci"]
+            covered[key] += low <= target <= high
+    print({k: v / 400 for k, v in covered.items()})
+    for key, hits in covered.items():
+        assert 0.91 <= hits / 400 <= 0.98, (key, hits / 400)
+
+
+def test_interval_width_shrinks_as_one_over_root_n():
+    def width(n):
+        base, adapter = correlated_runs(n, ["en"], seed=0)
+        diffs = {l: (v[0], as_values(adapter)[l][1] - v[1]) for l, v in as_values(base).items()}
+        low, high = report.summarize(diffs, {"en": ["en"]}, 2000)["en"]["ci"]
+        return high - low
+    ratio = width(100) / width(1600)
+    assert 3.2 < ratio < 4.8, ratio  # sqrt(16) = 4
+
+
+def test_paired_interval_is_narrower_than_unpaired_on_correlated_runs(tmp_path):
+    languages = ["en", "de", "zh"]
+    base, adapter = correlated_runs(300, languages, seed=2)
+    write_scored_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"base": base, "lora": adapter},
+                     eval_languages=languages)
+    result = report.compare(tmp_path, ["lora_xnli_smollm2"], n_resamples=2000)
+    assert [e["row"] for e in result["entries"]] == ["base", "lora"]  # one run: its adapter against its base
+    paired = result["entries"][1]["difference"]
+    groups = {l: [l] for l in languages}
+    # unpaired: each run resampled on its own, as if scored on different questions
+    unpaired = report.bootstrap_means(as_values(adapter), groups, 2000, seed=1) - \
+        report.bootstrap_means(as_values(base), groups, 2000, seed=2)
+    for i, lang in enumerate(languages):
+        low, high = np.percentile(unpaired[:, i], [2.5, 97.5])
+        paired_width = paired[lang]["ci"][1] - paired[lang]["ci"][0]
+        print(lang, paired_width, high - low)
+        assert paired_width < 0.6 * (high - low), lang
+        # and the difference itself is the two rows' difference in results.json
+        assert paired[lang]["mean"] == pytest.approx(result["entries"][1]["scores"][lang]["mean"]
+                                                     - result["entries"][0]["scores"][lang]["mean"])
+
+
+def slow_bootstrap(values, groups, n_resamples, seed):
+    """The statistic as stated, one resample at a time: draw example positions (one draw shared by
+    all languages when they hold the same questions, else one per language in order), take each
+    language's mean, then each group's mean over its languages."""
+    rng = np.random.default_rng(seed)
+    if report.is_parallel(values):
+        shared = report.resample_indices(rng, len(next(iter(values.values()))[1]), n_resamples)
+        draws = {l: shared for l in values}
+    else:
+        draws = {l: report.resample_indices(rng, len(v), n_resamples) for l, (_, v) in values.items()}
+    out = np.zeros((n_resamples, len(groups)))
+    for b in range(n_resamples):
+        means = {l: v[draws[l][b]].mean() for l, (_, v) in values.items()}
+        out[b] = [np.mean([means[l] for l in langs]) for langs in groups.values()]
+    return out
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_average_intervals_match_a_slow_loop(parallel):
+    rng = np.random.default_rng(3)
+    sizes = {"en": 40, "de": 40, "zh": 40} if parallel else {"en": 40, "de": 25, "zh": 33}
+    values = {l: (np.array([f"q{i:03d}" if parallel else f"{l}{i:03d}" for i in range(n)]), rng.normal(5, 20, n))
+              for l, n in sizes.items()}
+    groups = {"en": ["en"], "avg": ["en", "de", "zh"], "non_en": ["de", "zh"]}
+    fast = report.bootstrap_means(values, groups, 300, seed=7)
+    slow = slow_bootstrap(values, groups, 300, seed=7)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-9)
+    stats = report.summarize(values, groups, 300, seed=7)
+    for i, key in enumerate(groups):
+        np.testing.assert_allclose(stats[key]["ci"], np.percentile(slow[:, i], [2.5, 97.5]), rtol=1e-12)
+        # the analytic s.e. is what the bootstrap's spread estimates
+        assert stats[key]["se"] == pytest.approx(slow[:, i].std(), rel=0.15), key
+
+
+def test_averages_of_parallel_languages_keep_their_correlation():
+    # the same difference in every language: the average is as uncertain as one language, not sqrt(3) less
+    rng = np.random.default_rng(4)
+    ids, d = np.arange(200).astype(str), rng.normal(0, 30, 200)
+    values = {l: (ids, d) for l in ("en", "de", "zh")}
+    stats = report.summarize(values, {"en": ["en"], "avg": ["en", "de", "zh"]}, 1000)
+    assert stats["avg"]["se"] == pytest.approx(stats["en"]["se"])
+    width = lambda k: stats[k]["ci"][1] - stats[k]["ci"][0]  # noqa: E731
+    assert width("avg") == pytest.approx(width("en"))
+
+
+def test_compare_refuses_runs_scored_on_other_examples(tmp_path):
+    base, adapter = correlated_runs(50, ["en", "de"], seed=0)
+    write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, eval_languages=["en", "de"])
+    del adapter["de"]["q0007"]
+    write_scored_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"lora": adapter}, eval_languages=["en", "de"])
+    with pytest.raises(ValueError, match=r"same examples in de: 50 and 49 examples, 49 in common"):
+        report.compare(tmp_path, ["base_xnli_smollm2", "lora_xnli_smollm2"])
+    with pytest.raises(SystemExit, match="same examples in de"):
+        report.main(["--compare", "base_xnli_smollm2", "lora_xnli_smollm2", "--runs-dir", str(tmp_path),
+                     "--out", str(tmp_path / "c.md")])
+
+
+def test_compare_refuses_an_eval_file_that_results_json_does_not_match(tmp_path):
+    base, _ = correlated_runs(20, ["en"], seed=0)
+    write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, eval_languages=["en"])
+    path = tmp_path / "base_xnli_smollm2" / "results.json"
+    doc = json.loads(path.read_text())
+    doc["rows"]["base"]["en"]["accuracy"] += 5.0
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="not results.json's accuracy"):
+        report.load_entry(tmp_path, "base_xnli_smollm2")
+
+
+def test_runs_that_differ_only_in_seed_are_pooled(tmp_path):
+    languages = ["en", "de", "zh"]
+    base, _ = correlated_runs(80, languages, seed=10)
+    write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, eval_languages=languages)
+    per_seed = []
+    for seed in (0, 1, 2):
+        _, adapter = correlated_runs(80, languages, seed=10, gain=0.1 + 0.05 * seed)  # same base, other gains
+        per_seed.append(adapter)
+        write_scored_run(tmp_path, f"lora_xnli_s{seed}", "lora", "xnli", {"lora": adapter}, seed=seed,
+                         eval_languages=languages, description=f"seed {seed}")
+    _, other = correlated_runs(80, languages, seed=10)
+    write_scored_run(tmp_path, "lora_xnli_lr", "lora", "xnli", {"lora": other}, seed=3, lr=1e-2,
+                     eval_languages=languages)
+    result = report.compare(tmp_path, ["base_xnli_smollm2", "lora_xnli_s0", "lora_xnli_lr", "lora_xnli_s1",
+                                       "lora_xnli_s2"], n_resamples=500)
+    entries = {e["label"]: e for e in result["entries"]}
+    assert list(entries) == ["base_xnli_smollm2", "lora_xnli_s0 (3 seeds)", "lora_xnli_lr"]
+    pooled = entries["lora_xnli_s0 (3 seeds)"]
+    assert pooled["seeds"] == [0, 1, 2] and entries["lora_xnli_lr"]["seeds"] == [3]
+    seed_means = [np.mean(list(a["de"].values())) for a in per_seed]
+    assert pooled["scores"]["de"]["per_seed"] == pytest.approx(seed_means)
+    assert pooled["scores"]["de"]["mean"] == pytest.approx(np.mean(seed_means))
+    assert pooled["scores"]["de"]["seed_sd"] == pytest.approx(np.std(seed_means, ddof=1))
+    assert entries["lora_xnli_lr"]["scores"]["de"]["seed_sd"] is None
+    avg = [np.mean([np.mean(list(a[l].values())) for l in languages]) for a in per_seed]
+    assert pooled["scores"]["avg"]["seed_sd"] == pytest.approx(np.std(avg, ddof=1))
+    base_avg = result["entries"][0]["scores"]["avg"]["mean"]
+    assert pooled["difference"]["avg"]["mean"] == pytest.approx(np.mean(avg) - base_avg)
+    table = report.render_compare(result)
+    assert "(sd " in table and "± " in table and "**avg (3)**" in table and "**non-English (2)**" in table
+
+    # the same seed twice, or another field, keeps runs apart
+    entries = [report.load_entry(tmp_path, n) for n in ("lora_xnli_s0", "lora_xnli_s1", "lora_xnli_lr")]
+    assert [[e["name"] for e in g] for g in report.seed_groups(entries + entries[:1])] == \
+        [["lora_xnli_s0", "lora_xnli_s1"], ["lora_xnli_lr"], ["lora_xnli_s0"]]
+
+
+def test_compare_writes_json_markdown_and_a_plot_and_is_reproducible(tmp_path, capsys):
+    languages = ["en", "de", "ru", "zh"]
+    base, adapter = correlated_runs(60, languages, seed=5)
+    f1 = {l: {i: s * 0.7 for i, s in v.items()} for l, v in adapter.items()}  # XQuAD-like F1 values
+    write_scored_run(tmp_path, "base_xquad_smollm2", "base", "xquad", {"base": base}, eval_languages=languages)
+    write_scored_run(tmp_path, "lora_xquad_smollm2", "lora", "xquad", {"base": base, "lora": f1},
+                     eval_languages=languages)
+    out = tmp_path / "reports" / "cmp.md"
+    args = ["--compare", "base_xquad_smollm2", "lora_xquad_smollm2", "--runs-dir", str(tmp_path), "--out", str(out),
+            "--resamples", "500"]
+    first = report.main(args)
+    printed = capsys.readouterr().out
+    assert "| **Latin script (2)** |" in printed and "Δ lora_xquad_smollm2" in printed
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["metric"] == "f1" and saved["n_resamples"] == 500 and saved["resampling"].startswith("questions")
+    assert (tmp_path / "reports" / "cmp_diff_bars.png").stat().st_size > 1000
+    assert "![cmp_diff_bars](cmp_diff_bars.png)" in out.read_text()
+    assert report.main(args)["entries"] == first["entries"]  # seeded: the same intervals again
+    other = report.main(args + ["--bootstrap-seed", "1"])["entries"][1]["difference"]["avg"]
+    assert other["ci"] != first["entries"][1]["difference"]["avg"]["ci"] and other["mean"] == \
+        first["entries"][1]["difference"]["avg"]["mean"]
+
+
+def legend_texts(fig):
+    legend = fig.axes[0].get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+def test_bar_charts_carry_error_bars_and_name_the_paper_only_when_it_has_numbers(tmp_path):
+    table = dict(id="t", caption="t", metric="accuracy")
+    rows = {"base": [{"en": 50.0, "de": 40.0}, {}], "lora": [{"en": 60.0, "de": 45.0}, {}]}
+    errors = {"lora": {"en": 2.0, "de": 3.0}}
+    fig = report.bars_figure(table, ["en", "de"], rows, errors)
+    assert legend_texts(fig) == ["Base model", "LoRA r=4"] and "s.e." in fig.axes[0].get_title()
+    bars = [c for c in fig.axes[0].containers if hasattr(c, "errorbar")]
+    assert bars[0].errorbar is None  # no per-example scores for base: no bar drawn as if known
+    caps = bars[1].errorbar.lines[2][0].get_segments()  # lora's error bars: y ± s.e.
+    assert [(s[0][1], s[1][1]) for s in caps] == [(58.0, 62.0), (42.0, 48.0)]
+    report.plt.close(fig)
+    rows["lora"][1] = {"en": 70.0}
+    fig = report.bars_figure(table, ["en", "de"], rows, errors)
+    assert legend_texts(fig).count("paper") == 1
+    report.plt.close(fig)
+
+    summary = dict(id="s", caption="s", metric="accuracy", columns=["avg"])
+    fig = report.summary_figure(summary, {"lora": {"avg": (50.0, None, 1.5)}})
+    assert "paper" not in legend_texts(fig) and "s.e." in fig.axes[0].get_title()
+    report.plt.close(fig)
+    fig = report.summary_figure(summary, {"lora": {"avg": (50.0, 48.0, None)}})
+    assert "paper" in legend_texts(fig)
+    report.plt.close(fig)
+
+
+def test_paper_report_draws_error_bars_from_per_example_scores(tmp_path):
+    languages = [c for c in PAPER["table1"]["columns"] if c != "avg"]
+    base, adapter = correlated_runs(30, languages, seed=6)
+    write_scored_run(tmp_path, "prefix_xnli_llama8b", "prefix", "xnli", {"base": base, "prefix": adapter},
+                     eval_languages=languages)
+    runs = report.Collector(tmp_path)
+    errors = runs.errors("prefix_xnli_llama8b", "prefix", languages, "accuracy")
+    de = np.array(list(adapter["de"].values()))
+    assert errors["de"] == pytest.approx(de.std(ddof=1) / np.sqrt(len(de)))
+    assert runs.errors("lora_xnli_llama8b", "lora", languages) == {}  # no run: no error bars, no error
+    out = tmp_path / "r.md"
+    report.main(["--table", "table1", "--runs-dir", str(tmp_path), "--out", str(out)])
+    assert "Rows drawn without error bars" not in out.read_text()
+
+
+def test_compare_refuses_bad_options_and_a_lone_entry(tmp_path):
+    base, adapter = correlated_runs(20, ["en"], seed=0)
+    write_scored_run(tmp_path, "lora_xnli_s0", "lora", "xnli", {"lora": adapter}, eval_languages=["en"])
+    write_scored_run(tmp_path, "lora_xnli_s1", "lora", "xnli", {"lora": adapter}, eval_languages=["en"], seed=1)
+    with pytest.raises(ValueError, match="seeds of one experiment"):
+        report.compare(tmp_path, ["lora_xnli_s0", "lora_xnli_s1"])
+    with pytest.raises(ValueError, match="--resamples must be at least 1"):
+        report.compare(tmp_path, ["lora_xnli_s0", "lora_xnli_s1"], n_resamples=0)
+    with pytest.raises(ValueError, match="has no row 'prefix'"):
+        report.compare(tmp_path, ["lora_xnli_s0:prefix", "lora_xnli_s1"])
