@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import config as C  # noqa: E402
 import data  # noqa: E402
+import stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 PAPER_FILE = ROOT / "paper_results.json"
@@ -109,8 +110,8 @@ class Collector:
         values = self.example_cache[key]
         if not values or not all(l in values for l in languages):
             return {}
-        out = {l: mean_and_se(values, [l])[1] for l in languages}
-        return dict(out, avg=mean_and_se(values, languages)[1])
+        out = {l: stats.mean_and_se(values, [l])[1] for l in languages}
+        return dict(out, avg=stats.mean_and_se(values, languages)[1])
 
 
 # --- per-example statistics -----------------------------------------------------------------------
@@ -145,78 +146,6 @@ def example_scores(runs_dir, name, row, results, metric=None) -> dict:
             raise ValueError(f"{path}: the mean of its {len(scored)} examples is not results.json's {key} {expected}; "
                              f"rerun evaluate.py --run {name} so the two agree")
         out[lang] = (ids, scored)
-    return out
-
-
-def is_parallel(values) -> bool:
-    """Whether every language holds the same example ids: the same questions in each language (the
-    benchmarks are parallel), resampled together so that an average's interval counts how a hard
-    question is hard in every language."""
-    ids = [i for i, _ in values.values()]
-    return all(len(i) == len(ids[0]) and (i == ids[0]).all() for i in ids[1:])
-
-
-def resample_indices(rng, n, n_resamples):
-    """(n_resamples, n) example positions drawn with replacement: one bootstrap sample a row."""
-    return rng.integers(0, n, size=(n_resamples, n))
-
-
-def _resampled_means(rng, matrix, n_resamples):
-    """(n_resamples, L) means of resampled columns of `matrix` (L, n), one draw shared by its rows;
-    counts times values instead of gathering, so 2000 x 12 x 1190 stays small and fast."""
-    n = matrix.shape[1]
-    idx = resample_indices(rng, n, n_resamples)
-    counts = np.bincount((idx + n * np.arange(n_resamples)[:, None]).ravel(), minlength=n_resamples * n)
-    return counts.reshape(n_resamples, n) @ matrix.T / n
-
-
-def bootstrap_means(values, groups, n_resamples=2000, seed=0):
-    """(n_resamples, len(groups)): per bootstrap sample, each group's mean over its languages of the
-    language's resampled mean (languages weigh equally, as in the paper's averages). Parallel
-    languages share one draw of example positions; otherwise each language draws its own, in the
-    order of `values`.
-
-    Args:
-        values: {lang: (ids, per-example values)}, e.g. differences between two runs.
-        groups: {key: [languages]}; a language alone is a group of one.
-    """
-    if n_resamples < 1:
-        raise ValueError(f"the number of bootstrap resamples must be at least 1, got {n_resamples}")
-    rng = np.random.default_rng(seed)
-    languages = list(values)
-    if is_parallel(values):
-        means = _resampled_means(rng, np.stack([v for _, v in values.values()]), n_resamples)  # (B, L)
-    else:
-        means = np.stack([_resampled_means(rng, v[None], n_resamples)[:, 0] for _, v in values.values()], 1)
-    position = {lang: i for i, lang in enumerate(languages)}
-    return np.stack([means[:, [position[l] for l in langs]].mean(1) for langs in groups.values()], 1)
-
-
-def mean_and_se(values, languages):
-    """(mean over `languages` of their means, its standard error over examples; None under 2).
-    Parallel languages: the s.e. of the per-question average across languages, which keeps their
-    correlation; otherwise the languages' s.e. combined as independent."""
-    subset = {l: values[l] for l in languages}
-    if is_parallel(subset):
-        per_question = np.stack([v for _, v in subset.values()]).mean(0)
-        n = len(per_question)
-        return float(per_question.mean()), (float(per_question.std(ddof=1) / math.sqrt(n)) if n > 1 else None)
-    ses = [v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None for _, v in subset.values()]
-    se = None if None in ses else float(math.sqrt(sum(s * s for s in ses)) / len(ses))
-    return float(np.mean([v.mean() for _, v in subset.values()])), se
-
-
-def summarize(values, groups, n_resamples=0, seed=0, level=0.95):
-    """{key: dict(mean, se, ci)} for each group of `groups`; ci is the percentile bootstrap interval
-    at `level` (None without resamples)."""
-    if not 0 < level < 1:
-        raise ValueError(f"the confidence level must be between 0 and 1, got {level}")
-    out = {key: dict(zip(("mean", "se"), mean_and_se(values, langs)), ci=None) for key, langs in groups.items()}
-    if n_resamples:
-        means = bootstrap_means(values, groups, n_resamples, seed)
-        low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)], axis=0)
-        for i, key in enumerate(groups):
-            out[key]["ci"] = [float(low[i]), float(high[i])]
     return out
 
 
@@ -571,8 +500,8 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95):
     reference = pooled(groups[0])
     for i, group in enumerate(groups):
         values = pooled(group)
-        scores_ = summarize(values, keys)
-        per_seed = [summarize({l: e["examples"][l] for l in languages}, keys) for e in group]
+        scores_ = stats.summarize(values, keys)
+        per_seed = [stats.summarize({l: e["examples"][l] for l in languages}, keys) for e in group]
         for key, cell in scores_.items():
             cell["per_seed"] = [s[key]["mean"] for s in per_seed]
             cell["seed_sd"] = float(np.std(cell["per_seed"], ddof=1)) if len(group) > 1 else None
@@ -581,13 +510,13 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95):
                      seeds=[e["config"].get("seed") for e in group], scores=scores_)
         if i:
             diffs = {l: (values[l][0], values[l][1] - reference[l][1]) for l in languages}
-            entry["difference"] = summarize(diffs, keys, n_resamples, seed, level)
+            entry["difference"] = stats.summarize(diffs, keys, n_resamples, seed, level)
         out_entries.append(entry)
     return dict(task=task, metric=metric, languages=languages,
                 left_out=[l for l in all_languages if l not in languages],
                 n_examples={l: len(reference[l][0]) for l in languages},
                 labels={k: label for k, (label, _) in keyed.items()}, members=keys,
-                resampling="questions, shared by all languages" if is_parallel(reference) else
+                resampling="questions, shared by all languages" if stats.is_parallel(reference) else
                 "examples, within each language", n_resamples=n_resamples, bootstrap_seed=seed, level=level,
                 entries=out_entries)
 
@@ -712,10 +641,10 @@ def main(argv=None):
     pick.add_argument("--all", action="store_true", help="every table of paper_results.json")
     pick.add_argument("--compare", nargs="+", metavar="RUN[:ROW]",
                       help="runs (or RUN:ROW, e.g. lora_xnli_llama8b:base) against the first, on the same examples")
-    stats = parser.add_argument_group("--compare statistics")
-    stats.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    stats.add_argument("--bootstrap-seed", type=int, default=0, help="the bootstrap's generator seed")
-    stats.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    statistics = parser.add_argument_group("--compare statistics")
+    statistics.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    statistics.add_argument("--bootstrap-seed", type=int, default=0, help="the bootstrap's generator seed")
+    statistics.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs"), help="where runs/<name>/results.json live")
     parser.add_argument("--paper", default=str(PAPER_FILE))
     parser.add_argument("--out", default=None, help="Markdown path (default reports/<name>.md)")

@@ -8,6 +8,7 @@ import pytest
 import config as C
 import data
 import report
+import stats
 from config import load_runs
 
 PAPER = report.load_paper()
@@ -197,9 +198,9 @@ def test_bootstrap_interval_covers_the_true_difference_about_95_percent_of_the_t
         for lang, p_up, p_down in (("en", 0.25, 0.05), ("de", 0.15, 0.10)):
             u = rng.uniform(0, 1, 120)
             values[lang] = (np.arange(120).astype(str), 100.0 * (u < p_up) - 100.0 * (u > 1 - p_down))
-        stats = report.summarize(values, {"en": ["en"], "de": ["de"], "avg": ["en", "de"]}, 400, seed=trial)
+        summary = stats.summarize(values, {"en": ["en"], "de": ["de"], "avg": ["en", "de"]}, 400, seed=trial)
         for key, target in dict(truth, avg=(truth["en"] + truth["de"]) / 2).items():
-            low, high = stats[key]["ci"]
+            low, high = summary[key]["ci"]
             covered[key] += low <= target <= high
     print({k: v / 400 for k, v in covered.items()})
     for key, hits in covered.items():
@@ -210,7 +211,7 @@ def test_interval_width_shrinks_as_one_over_root_n():
     def width(n):
         base, adapter = correlated_runs(n, ["en"], seed=0)
         diffs = {l: (v[0], as_values(adapter)[l][1] - v[1]) for l, v in as_values(base).items()}
-        low, high = report.summarize(diffs, {"en": ["en"]}, 2000)["en"]["ci"]
+        low, high = stats.summarize(diffs, {"en": ["en"]}, 2000)["en"]["ci"]
         return high - low
     ratio = width(100) / width(1600)
     assert 3.2 < ratio < 4.8, ratio  # sqrt(16) = 4
@@ -226,8 +227,8 @@ def test_paired_interval_is_narrower_than_unpaired_on_correlated_runs(tmp_path):
     paired = result["entries"][1]["difference"]
     groups = {l: [l] for l in languages}
     # unpaired: each run resampled on its own, as if scored on different questions
-    unpaired = report.bootstrap_means(as_values(adapter), groups, 2000, seed=1) - \
-        report.bootstrap_means(as_values(base), groups, 2000, seed=2)
+    unpaired = stats.bootstrap_means(as_values(adapter), groups, 2000, seed=1) - \
+        stats.bootstrap_means(as_values(base), groups, 2000, seed=2)
     for i, lang in enumerate(languages):
         low, high = np.percentile(unpaired[:, i], [2.5, 97.5])
         paired_width = paired[lang]["ci"][1] - paired[lang]["ci"][0]
@@ -243,11 +244,11 @@ def slow_bootstrap(values, groups, n_resamples, seed):
     all languages when they hold the same questions, else one per language in order), take each
     language's mean, then each group's mean over its languages."""
     rng = np.random.default_rng(seed)
-    if report.is_parallel(values):
-        shared = report.resample_indices(rng, len(next(iter(values.values()))[1]), n_resamples)
+    if stats.is_parallel(values):
+        shared = stats.resample_indices(rng, len(next(iter(values.values()))[1]), n_resamples)
         draws = {l: shared for l in values}
     else:
-        draws = {l: report.resample_indices(rng, len(v), n_resamples) for l, (_, v) in values.items()}
+        draws = {l: stats.resample_indices(rng, len(v), n_resamples) for l, (_, v) in values.items()}
     out = np.zeros((n_resamples, len(groups)))
     for b in range(n_resamples):
         means = {l: v[draws[l][b]].mean() for l, (_, v) in values.items()}
@@ -262,14 +263,14 @@ def test_average_intervals_match_a_slow_loop(parallel):
     values = {l: (np.array([f"q{i:03d}" if parallel else f"{l}{i:03d}" for i in range(n)]), rng.normal(5, 20, n))
               for l, n in sizes.items()}
     groups = {"en": ["en"], "avg": ["en", "de", "zh"], "non_en": ["de", "zh"]}
-    fast = report.bootstrap_means(values, groups, 300, seed=7)
+    fast = stats.bootstrap_means(values, groups, 300, seed=7)
     slow = slow_bootstrap(values, groups, 300, seed=7)
     np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-9)
-    stats = report.summarize(values, groups, 300, seed=7)
+    summary = stats.summarize(values, groups, 300, seed=7)
     for i, key in enumerate(groups):
-        np.testing.assert_allclose(stats[key]["ci"], np.percentile(slow[:, i], [2.5, 97.5]), rtol=1e-12)
+        np.testing.assert_allclose(summary[key]["ci"], np.percentile(slow[:, i], [2.5, 97.5]), rtol=1e-12)
         # the analytic s.e. is what the bootstrap's spread estimates
-        assert stats[key]["se"] == pytest.approx(slow[:, i].std(), rel=0.15), key
+        assert summary[key]["se"] == pytest.approx(slow[:, i].std(), rel=0.15), key
 
 
 def test_averages_of_parallel_languages_keep_their_correlation():
@@ -277,9 +278,9 @@ def test_averages_of_parallel_languages_keep_their_correlation():
     rng = np.random.default_rng(4)
     ids, d = np.arange(200).astype(str), rng.normal(0, 30, 200)
     values = {l: (ids, d) for l in ("en", "de", "zh")}
-    stats = report.summarize(values, {"en": ["en"], "avg": ["en", "de", "zh"]}, 1000)
-    assert stats["avg"]["se"] == pytest.approx(stats["en"]["se"])
-    width = lambda k: stats[k]["ci"][1] - stats[k]["ci"][0]  # noqa: E731
+    summary = stats.summarize(values, {"en": ["en"], "avg": ["en", "de", "zh"]}, 1000)
+    assert summary["avg"]["se"] == pytest.approx(summary["en"]["se"])
+    width = lambda k: summary[k]["ci"][1] - summary[k]["ci"][0]  # noqa: E731
     assert width("avg") == pytest.approx(width("en"))
 
 

@@ -1,0 +1,83 @@
+"""Paired statistics over examples, shared by evaluate.py (the gain it prints) and report.py.
+
+Scores come as {lang: (ids, per-example values)} with ids sorted, e.g. per-example differences
+between two runs on the same questions. Averages weigh languages equally, as the paper's do. The
+benchmarks are parallel (one id is one question in every language), so where every language holds
+the same ids they are resampled together: an average's interval then counts that a hard question is
+hard in every language, which independent draws per language would hide (too narrow an interval).
+"""
+import math
+
+import numpy as np
+
+
+def is_parallel(values) -> bool:
+    """Whether every language holds the same example ids: the same questions in each language (the
+    benchmarks are parallel), resampled together so that an average's interval counts how a hard
+    question is hard in every language."""
+    ids = [i for i, _ in values.values()]
+    return all(len(i) == len(ids[0]) and (i == ids[0]).all() for i in ids[1:])
+
+
+def resample_indices(rng, n, n_resamples):
+    """(n_resamples, n) example positions drawn with replacement: one bootstrap sample a row."""
+    return rng.integers(0, n, size=(n_resamples, n))
+
+
+def _resampled_means(rng, matrix, n_resamples):
+    """(n_resamples, L) means of resampled columns of `matrix` (L, n), one draw shared by its rows;
+    counts times values instead of gathering, so 2000 x 12 x 1190 stays small and fast."""
+    n = matrix.shape[1]
+    idx = resample_indices(rng, n, n_resamples)
+    counts = np.bincount((idx + n * np.arange(n_resamples)[:, None]).ravel(), minlength=n_resamples * n)
+    return counts.reshape(n_resamples, n) @ matrix.T / n
+
+
+def bootstrap_means(values, groups, n_resamples=2000, seed=0):
+    """(n_resamples, len(groups)): per bootstrap sample, each group's mean over its languages of the
+    language's resampled mean (languages weigh equally, as in the paper's averages). Parallel
+    languages share one draw of example positions; otherwise each language draws its own, in the
+    order of `values`.
+
+    Args:
+        values: {lang: (ids, per-example values)}, e.g. differences between two runs.
+        groups: {key: [languages]}; a language alone is a group of one.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"the number of bootstrap resamples must be at least 1, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    languages = list(values)
+    if is_parallel(values):
+        means = _resampled_means(rng, np.stack([v for _, v in values.values()]), n_resamples)  # (B, L)
+    else:
+        means = np.stack([_resampled_means(rng, v[None], n_resamples)[:, 0] for _, v in values.values()], 1)
+    position = {lang: i for i, lang in enumerate(languages)}
+    return np.stack([means[:, [position[l] for l in langs]].mean(1) for langs in groups.values()], 1)
+
+
+def mean_and_se(values, languages):
+    """(mean over `languages` of their means, its standard error over examples; None under 2).
+    Parallel languages: the s.e. of the per-question average across languages, which keeps their
+    correlation; otherwise the languages' s.e. combined as independent."""
+    subset = {l: values[l] for l in languages}
+    if is_parallel(subset):
+        per_question = np.stack([v for _, v in subset.values()]).mean(0)
+        n = len(per_question)
+        return float(per_question.mean()), (float(per_question.std(ddof=1) / math.sqrt(n)) if n > 1 else None)
+    ses = [v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None for _, v in subset.values()]
+    se = None if None in ses else float(math.sqrt(sum(s * s for s in ses)) / len(ses))
+    return float(np.mean([v.mean() for _, v in subset.values()])), se
+
+
+def summarize(values, groups, n_resamples=0, seed=0, level=0.95):
+    """{key: dict(mean, se, ci)} for each group of `groups`; ci is the percentile bootstrap interval
+    at `level` (None without resamples)."""
+    if not 0 < level < 1:
+        raise ValueError(f"the confidence level must be between 0 and 1, got {level}")
+    out = {key: dict(zip(("mean", "se"), mean_and_se(values, langs)), ci=None) for key, langs in groups.items()}
+    if n_resamples:
+        means = bootstrap_means(values, groups, n_resamples, seed)
+        low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        for i, key in enumerate(groups):
+            out[key]["ci"] = [float(low[i]), float(high[i])]
+    return out
