@@ -134,13 +134,7 @@ def example_scores(runs_dir, name, row, results, metric=None) -> dict:
         path = Path(runs_dir) / name / "eval" / row / f"{lang}.json"
         if not path.is_file():
             raise ValueError(f"{path} is missing: per-example scores come from evaluate.py's eval/<row>/<lang>.json")
-        predictions = json.loads(path.read_text())["predictions"]
-        ids = [p.get("id") for p in predictions]
-        if None in ids or len(set(ids)) != len(ids):
-            raise ValueError(f"{path}: example ids are missing or repeated, so examples cannot be paired")
-        scored = np.array([p[key] if key in p else 100.0 * p["correct"] for p in predictions], dtype=float)
-        order = np.argsort(np.array(ids, dtype=str), kind="stable")
-        ids, scored = np.array(ids, dtype=str)[order], scored[order]
+        ids, scored = stats.per_example(json.loads(path.read_text())["predictions"], key, where=path)
         expected = values[lang][key]
         if len(scored) == 0 or abs(scored.mean() - expected) > 1e-6 * max(1.0, abs(expected)):
             raise ValueError(f"{path}: the mean of its {len(scored)} examples is not results.json's {key} {expected}; "

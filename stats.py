@@ -11,6 +11,17 @@ import math
 import numpy as np
 
 
+def per_example(predictions, metric, where="predictions"):
+    """(ids, values) sorted by id from one language's prediction records (evaluate.py's): each
+    record's `metric` where it has one (XQuAD f1, MGSM acc), else 100 x correct (accuracy)."""
+    ids = [p.get("id") for p in predictions]
+    if None in ids or len(set(ids)) != len(ids):
+        raise ValueError(f"{where}: example ids are missing or repeated, so examples cannot be paired")
+    values = np.array([p[metric] if metric in p else 100.0 * p["correct"] for p in predictions], dtype=float)
+    order = np.argsort(np.array(ids, dtype=str), kind="stable")
+    return np.array(ids, dtype=str)[order], values[order]
+
+
 def is_parallel(values) -> bool:
     """Whether every language holds the same example ids: the same questions in each language (the
     benchmarks are parallel), resampled together so that an average's interval counts how a hard
@@ -81,3 +92,21 @@ def summarize(values, groups, n_resamples=0, seed=0, level=0.95):
         for i, key in enumerate(groups):
             out[key]["ci"] = [float(low[i]), float(high[i])]
     return out
+
+
+def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=0.95):
+    """{key: dict(mean, se, ci)} of ours - base per language and for "avg" and "non_en" (languages
+    but `english`), on examples both scored; ours and base as {lang: (ids, values)}. Raises
+    ValueError where the two did not score the same examples."""
+    diffs = {}
+    for lang in languages:
+        (ids, a), (ids_base, b) = ours[lang], base[lang]
+        if len(ids) != len(ids_base) or not (ids == ids_base).all():
+            raise ValueError(f"{lang}: the two rows scored different examples ({len(ids)} and {len(ids_base)}), "
+                             f"so they cannot be paired")
+        diffs[lang] = (ids, a - b)
+    groups = dict({lang: [lang] for lang in languages}, avg=list(languages))
+    others = [lang for lang in languages if lang != english]
+    if 0 < len(others) < len(languages):
+        groups["non_en"] = others
+    return summarize(diffs, groups, n_resamples, seed, level)

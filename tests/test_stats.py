@@ -1,0 +1,44 @@
+"""stats.paired_gain: the gain evaluate.py prints, against a direct computation."""
+import numpy as np
+import pytest
+
+import stats
+
+
+def rows(rng, languages, n, shift):
+    ids = np.array([f"q{i:03d}" for i in range(n)])
+    base = {l: (ids, rng.uniform(0, 100, n)) for l in languages}
+    ours = {l: (ids, v + shift + rng.normal(0, 5, n)) for l, (ids, v) in base.items()}
+    return ours, base
+
+
+def test_paired_gain_means_se_and_groups():
+    rng = np.random.default_rng(0)
+    languages = ["en", "de", "zh"]
+    ours, base = rows(rng, languages, 200, shift=3.0)
+    gain = stats.paired_gain(ours, base, languages, "en", n_resamples=500)
+    assert set(gain) == {"en", "de", "zh", "avg", "non_en"}
+    d = {l: ours[l][1] - base[l][1] for l in languages}
+    assert gain["de"]["mean"] == pytest.approx(d["de"].mean())
+    assert gain["de"]["se"] == pytest.approx(d["de"].std(ddof=1) / np.sqrt(200))
+    per_question = (d["de"] + d["zh"]) / 2  # parallel languages: the s.e. of the per-question mean
+    assert gain["non_en"]["mean"] == pytest.approx(per_question.mean())
+    assert gain["non_en"]["se"] == pytest.approx(per_question.std(ddof=1) / np.sqrt(200))
+    low, high = gain["avg"]["ci"]
+    assert low < gain["avg"]["mean"] < high and low < 3.0 < high
+
+
+def test_paired_gain_refuses_other_examples():
+    rng = np.random.default_rng(1)
+    ours, base = rows(rng, ["en", "de"], 20, shift=0.0)
+    ids, values = base["de"]
+    base["de"] = (ids[:-1], values[:-1])
+    with pytest.raises(ValueError, match="de: the two rows scored different examples"):
+        stats.paired_gain(ours, base, ["en", "de"], "en")
+
+
+def test_per_example_sorts_by_id_and_reads_accuracy():
+    ids, values = stats.per_example([dict(id="b", correct=True), dict(id="a", correct=False)], "accuracy")
+    assert list(ids) == ["a", "b"] and list(values) == [0.0, 100.0]
+    with pytest.raises(ValueError, match="repeated"):
+        stats.per_example([dict(id="a", f1=1.0), dict(id="a", f1=2.0)], "f1")
