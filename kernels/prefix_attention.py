@@ -67,6 +67,18 @@ def _seq_bounds(start_m, M, N, key_start, window, BLOCK_M: tl.constexpr, BLOCK_N
 
 
 @triton.jit
+def _visible(offs_m, offs_n, M, N, key_start, window, CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr):
+    """True where query offs_m sees sequence key offs_n: left padding, causality and the window (the
+    bound N is the caller's). Indices come broadcastable, (BLOCK_M, 1) and (1, BLOCK_N) or transposed."""
+    valid = offs_n >= key_start
+    if CAUSAL:
+        valid = valid & (offs_n <= offs_m + (N - M))
+    if IS_WINDOWED:
+        valid = valid & (offs_n > offs_m + (N - M) - window)
+    return valid
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, offs_d,
                M, N, key_start, window, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
                IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr,
@@ -86,11 +98,8 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, off
         if MASK:
             valid = offs_n[None, :] < N
             if not IS_PREFIX:
-                valid = valid & (offs_n[None, :] >= key_start)
-                if CAUSAL:
-                    valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
-                if IS_WINDOWED:
-                    valid = valid & (offs_n[None, :] > offs_m[:, None] + (N - M) - window)
+                valid = valid & _visible(offs_m[:, None], offs_n[None, :], M, N, key_start, window,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
             s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row that has seen only masked keys keeps max -inf; shift by 0 so exp2 gives 0, not NaN
@@ -140,9 +149,9 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
     if HAS_PREFIX:
         PKh = PK + b * stride_pkb + hk * stride_pkh
         PVh = PV + b * stride_pvb + hk * stride_pvh
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                                   offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True,
-                                   CAUSAL, False, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, PKh, PVh, stride_pkn, stride_pvn, 0, P, offs_m, offs_d, M,
+                                   P, 0, 0, qk_scale, BLOCK_N=BLOCK_P, MASK=True, IS_PREFIX=True,
+                                   CAUSAL=CAUSAL, IS_WINDOWED=False, DOT_PRECISION=DOT_PRECISION)
     if IS_GATED:
         # the prefix softmax is finished; the sequence keys start a second, separate state
         out_p, lse_p = _finish(acc, l_i, m_i)
@@ -153,17 +162,17 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
 
     Kh = K + b * stride_kb + hk * stride_kh
     Vh = V + b * stride_vb + hk * stride_vh
-    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M, BLOCK_N, CAUSAL,
-                                         IS_WINDOWED)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, lo, mid_lo,
-                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False,
-                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
-                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, False, False,
-                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_hi, hi,
-                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False,
-                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m, offs_d, M, N,
+                               key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                               CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi, offs_m, offs_d, M,
+                               N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=False, IS_PREFIX=False,
+                               CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m, offs_d, M, N,
+                               key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                               CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
     out, lse = _finish(acc, l_i, m_i)
     if IS_GATED:
         out = out + tl.load(TanhGate + h) * out_p
@@ -240,11 +249,8 @@ def _bwd_dq_inner(dq, q, do, lse, delta, d_scale, K, V, stride_kn, stride_vn, lo
         if MASK:
             valid = offs_n[None, :] < N
             if not IS_PREFIX:
-                valid = valid & (offs_n[None, :] >= key_start)
-                if CAUSAL:
-                    valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
-                if IS_WINDOWED:
-                    valid = valid & (offs_n[None, :] > offs_m[:, None] + (N - M) - window)
+                valid = valid & _visible(offs_m[:, None], offs_n[None, :], M, N, key_start, window,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
             p = tl.where(valid, p, 0.0)
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION) * d_scale
         ds = p * (dp - delta[:, None])
@@ -282,30 +288,30 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, Do
     if HAS_PREFIX:
         PKh = PK + b * stride_pkb + hk * stride_pkh
         PVh = PV + b * stride_pvb + hk * stride_pvh
-        if IS_GATED:
+        if IS_GATED:  # the prefix's own softmax, which sees dO scaled by t = tanh(g)
             t = tl.load(TanhGate + h)
             lse_p = tl.load(LSEP + pid_bh * M + offs_m, mask=row_ok, other=float("inf"))
             delta_p = t * tl.load(DotP + pid_bh * M + offs_m, mask=row_ok, other=0.0)
-            dq = _bwd_dq_inner(dq, q, do, lse_p, delta_p, t, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                               offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
-                               False, DOT_PRECISION)
-        else:
-            dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                               offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
-                               False, DOT_PRECISION)
+        else:  # the joint softmax
+            t = 1.0
+            lse_p = lse
+            delta_p = delta
+        dq = _bwd_dq_inner(dq, q, do, lse_p, delta_p, t, PKh, PVh, stride_pkn, stride_pvn, 0, P, offs_m, offs_d,
+                           M, P, 0, 0, qk_scale, BLOCK_N=BLOCK_P, MASK=True, IS_PREFIX=True, CAUSAL=CAUSAL,
+                           IS_WINDOWED=False, DOT_PRECISION=DOT_PRECISION)
     Kh = K + b * stride_kb + hk * stride_kh
     Vh = V + b * stride_vb + hk * stride_vh
-    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M, BLOCK_N, CAUSAL,
-                                         IS_WINDOWED)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m,
-                       offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False, CAUSAL,
-                       IS_WINDOWED, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
-                       offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, False, False, CAUSAL,
-                       IS_WINDOWED, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m,
-                       offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False, CAUSAL,
-                       IS_WINDOWED, DOT_PRECISION)
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m, offs_d, M,
+                       N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                       CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi, offs_m, offs_d,
+                       M, N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=False, IS_PREFIX=False,
+                       CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m, offs_d, M,
+                       N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                       CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -330,11 +336,8 @@ def _bwd_kv_inner(dk, dv, k, v, Q, DO, LSEh, Deltah, delta_scale, d_scale, strid
         sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         pT = tl.math.exp2(sT - lse[None, :])
         if MASK:
-            valid = offs_n[:, None] >= key_start
-            if CAUSAL:
-                valid = valid & (offs_n[:, None] <= offs_m[None, :] + (N - M))
-            if IS_WINDOWED:
-                valid = valid & (offs_n[:, None] > offs_m[None, :] + (N - M) - window)
+            valid = _visible(offs_m[None, :], offs_n[:, None], M, N, key_start, window, CAUSAL=CAUSAL,
+                             IS_WINDOWED=IS_WINDOWED)
             pT = tl.where(valid, pT, 0.0)
         dv += tl.dot((pT * d_scale).to(do.dtype), do, input_precision=DOT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * d_scale
@@ -379,15 +382,17 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             bh = b * (H_KV * GROUP) + h
             Qh = Q + b * stride_qb + h * stride_qh
             DOh = DO + b * stride_dob + h * stride_doh
-            if IS_GATED:
+            if IS_GATED:  # the prefix's own softmax, which sees dO scaled by t = tanh(g)
                 t = tl.load(TanhGate + h)
-                dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEP + bh * M, DotP + bh * M, t, t,
-                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0, 0,
-                                       qk_scale, BLOCK_M, False, CAUSAL, False, DOT_PRECISION)
-            else:
-                dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0, 0,
-                                       qk_scale, BLOCK_M, False, CAUSAL, False, DOT_PRECISION)
+                LSEh = LSEP + bh * M
+                Deltah = DotP + bh * M
+            else:  # the joint softmax
+                t = 1.0
+                LSEh = LSE + bh * M
+                Deltah = Delta + bh * M
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, t, t, stride_qm, stride_dom, 0, m_end,
+                                   offs_n, offs_d, M, N, 0, 0, qk_scale, BLOCK_M=BLOCK_M, MASK=False,
+                                   CAUSAL=CAUSAL, IS_WINDOWED=False, DOT_PRECISION=DOT_PRECISION)
         # partials are contiguous fp32 (B, H_kv, P, D)
         part = (b * H_KV + hk) * P * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
         tl.store(DPK + part, dk * sm_scale, mask=key_ok)
@@ -427,15 +432,17 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             bh = b * (H_KV * GROUP) + h
             Qh = Q + b * stride_qb + h * stride_qh
             DOh = DO + b * stride_dob + h * stride_doh
-            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                   stride_qm, stride_dom, lo, mid, offs_n, offs_d, M, N, key_start,
-                                   window, qk_scale, BLOCK_M, True, CAUSAL, IS_WINDOWED, DOT_PRECISION)
-            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                   stride_qm, stride_dom, mid, free_hi, offs_n, offs_d, M, N, key_start,
-                                   window, qk_scale, BLOCK_M, False, CAUSAL, IS_WINDOWED, DOT_PRECISION)
-            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                   stride_qm, stride_dom, free_hi, hi, offs_n, offs_d, M, N, key_start,
-                                   window, qk_scale, BLOCK_M, True, CAUSAL, IS_WINDOWED, DOT_PRECISION)
+            LSEh = LSE + bh * M
+            Deltah = Delta + bh * M
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, 1.0, 1.0, stride_qm, stride_dom, lo, mid,
+                                   offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M=BLOCK_M, MASK=True,
+                                   CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, 1.0, 1.0, stride_qm, stride_dom, mid,
+                                   free_hi, offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M=BLOCK_M,
+                                   MASK=False, CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, 1.0, 1.0, stride_qm, stride_dom, free_hi,
+                                   hi, offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M=BLOCK_M,
+                                   MASK=True, CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
         dk_ptrs = DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
         dv_ptrs = DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
         tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
