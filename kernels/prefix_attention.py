@@ -567,73 +567,80 @@ def _prefix_strides(x):
     return (0,) + tuple(x.stride()[:2]) if x.dim() == 3 else tuple(x.stride()[:3])
 
 
+def _setup_forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window):
+    """Both routes' forward start. Sets on ctx what their backwards read (causal, scale, window, P,
+    is_gated, and for _prefix_grads the prefix's shape and dtype and the gate's dtype) and returns
+    unit-stride q, k, v, pk, pv (k, v where there are no prefix keys: any valid pointer, the prefix loops
+    run zero times), tanh(gate) in fp32 and the key starts (placeholders where there are none)."""
+    q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
+    ctx.P = 0 if prefix_k is None else prefix_k.shape[-2]
+    pk, pv = (_last_contiguous(prefix_k), _last_contiguous(prefix_v)) if ctx.P > 0 else (k, v)
+    ctx.is_gated = gate is not None
+    tanh_gate = gate.detach().float().tanh().contiguous() if ctx.is_gated else q.new_empty(1, dtype=torch.float32)
+    ks = key_start.contiguous() if key_start is not None else q.new_zeros(1, dtype=torch.int32)
+    ctx.causal, ctx.window = causal, window
+    ctx.scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    ctx.prefix_shape = None if prefix_k is None else prefix_k.shape
+    ctx.prefix_dtype = None if prefix_k is None else prefix_k.dtype
+    ctx.gate_dtype = None if gate is None else gate.dtype
+    return q, k, v, pk, pv, tanh_gate, ks
+
+
 class _PrefixAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window):
-        q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
+        q, k, v, pk, pv, tanh_gate, ks = _setup_forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start,
+                                                        causal, scale, window)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
-        P = 0 if prefix_k is None else prefix_k.shape[-2]
-        has_prefix = P > 0
-        if has_prefix:
-            pk, pv = _last_contiguous(prefix_k), _last_contiguous(prefix_v)
-        else:  # any valid pointer; the prefix loops run zero times
-            pk, pv = k, v
-        is_gated = gate is not None
-        tanh_gate = gate.detach().float().tanh().contiguous() if is_gated else q.new_empty(1, dtype=torch.float32)
-        ks = key_start.contiguous() if key_start is not None else q.new_zeros(1, dtype=torch.int32)
-        scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        ctx.has_key_start = key_start is not None
+        ctx.precision = "ieee" if q.dtype == torch.float32 else "tf32"
         (bm, bn, warps, stages), _, _ = _blocks(D, q.dtype)
-        block_p = min(64, max(16, triton.next_power_of_2(max(P, 1))))
+        ctx.block_p = min(64, max(16, triton.next_power_of_2(max(ctx.P, 1))))
 
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32)
-        lse_p = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32) if is_gated else lse
+        lse_p = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32) if ctx.is_gated else lse
         pk_s, pv_s = _prefix_strides(pk), _prefix_strides(pv)
         grid = (triton.cdiv(M, bm), B * Hq)
         _fwd_kernel[grid](
             q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *out.stride()[:3],
-            Hq, M, N, P, window or 0, scale * LOG2E,
-            GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=block_p, CAUSAL=causal,
-            IS_GATED=is_gated, HAS_PREFIX=has_prefix, HAS_KEY_START=key_start is not None,
-            IS_WINDOWED=window is not None, DOT_PRECISION=precision, num_warps=warps,
+            Hq, M, N, ctx.P, window or 0, ctx.scale * LOG2E,
+            GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=ctx.block_p, CAUSAL=causal,
+            IS_GATED=ctx.is_gated, HAS_PREFIX=ctx.P > 0, HAS_KEY_START=ctx.has_key_start,
+            IS_WINDOWED=window is not None, DOT_PRECISION=ctx.precision, num_warps=warps,
             num_stages=stages)
 
         ctx.save_for_backward(q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p)
-        ctx.cfg = dict(causal=causal, scale=scale, window=window, P=P, is_gated=is_gated, block_p=block_p,
-                       has_key_start=key_start is not None, precision=precision,
-                       **_grad_layout(prefix_k, gate))
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p = ctx.saved_tensors
-        c = ctx.cfg
         dout = _last_contiguous(dout)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
-        P, has_prefix, is_gated = c["P"], c["P"] > 0, c["is_gated"]
-        (_, _, _, _), (bm_q, bn_q, w_q, s_q), (bm_k, bn_k, w_k, s_k) = _blocks(D, q.dtype)
+        P, has_prefix, is_gated = ctx.P, ctx.P > 0, ctx.is_gated
+        _, (bm_q, bn_q, w_q, s_q), (bm_k, bn_k, w_k, s_k) = _blocks(D, q.dtype)
         pk_s, pv_s = _prefix_strides(pk), _prefix_strides(pv)
-        qk_scale = c["scale"] * LOG2E
-        common = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_GATED=is_gated, DOT_PRECISION=c["precision"])
+        qk_scale = ctx.scale * LOG2E
+        common = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_GATED=is_gated, DOT_PRECISION=ctx.precision)
 
         delta = torch.empty_like(lse)
         dot_p = torch.empty_like(lse) if is_gated else delta
         _bwd_preprocess[(triton.cdiv(M, bm_q), B * Hq)](
             q, pk, pv, tanh_gate, out, dout, lse_p, delta, dot_p,
             *q.stride()[:3], *pk_s, *pv_s, *out.stride()[:3], *dout.stride()[:3], Hq, M, P, qk_scale,
-            BLOCK_M=bm_q, BLOCK_P=c["block_p"], HAS_PREFIX=has_prefix, **common)
+            BLOCK_M=bm_q, BLOCK_P=ctx.block_p, HAS_PREFIX=has_prefix, **common)
 
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         _bwd_dq_kernel[(triton.cdiv(M, bm_q), B * Hq)](
             q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dq,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
-            *dq.stride()[:3], Hq, M, N, P, c["window"] or 0, qk_scale, c["scale"],
-            BLOCK_M=bm_q, BLOCK_N=bn_q, BLOCK_P=c["block_p"], CAUSAL=c["causal"],
-            HAS_PREFIX=has_prefix, HAS_KEY_START=c["has_key_start"], IS_WINDOWED=c["window"] is not None,
+            *dq.stride()[:3], Hq, M, N, P, ctx.window or 0, qk_scale, ctx.scale,
+            BLOCK_M=bm_q, BLOCK_N=bn_q, BLOCK_P=ctx.block_p, CAUSAL=ctx.causal,
+            HAS_PREFIX=has_prefix, HAS_KEY_START=ctx.has_key_start, IS_WINDOWED=ctx.window is not None,
             num_warps=w_q, num_stages=s_q, **common)
 
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -644,42 +651,35 @@ class _PrefixAttention(torch.autograd.Function):
         _bwd_dkdv_kernel[(n_pblocks + triton.cdiv(N, bn_k), B * Hkv)](
             q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dk, dv, dpk_part, dpv_part,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
-            *dk.stride()[:3], *dv.stride()[:3], Hkv, M, N, P, n_pblocks, c["window"] or 0, qk_scale,
-            c["scale"], BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=c["causal"], HAS_KEY_START=c["has_key_start"],
-            IS_WINDOWED=c["window"] is not None, num_warps=w_k, num_stages=s_k, **common)
+            *dk.stride()[:3], *dv.stride()[:3], Hkv, M, N, P, n_pblocks, ctx.window or 0, qk_scale,
+            ctx.scale, BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=ctx.causal, HAS_KEY_START=ctx.has_key_start,
+            IS_WINDOWED=ctx.window is not None, num_warps=w_k, num_stages=s_k, **common)
 
-        dpk, dpv, dg = _prefix_grads(c, dpk_part, dpv_part, dot_p if is_gated else None, tanh_gate, q.device)
+        dpk, dpv, dg = _prefix_grads(ctx, dpk_part, dpv_part, dot_p if is_gated else None, tanh_gate, q.device)
         return dq, dk, dv, dpk, dpv, dg, None, None, None, None
 
 
-def _grad_layout(prefix_k, gate):
-    """What a backward needs to hand the prefix and gate gradients back as their inputs came."""
-    return dict(prefix_shape=None if prefix_k is None else prefix_k.shape,
-                prefix_dtype=None if prefix_k is None else prefix_k.dtype,
-                gate_dtype=None if gate is None else gate.dtype)
-
-
-def _prefix_grads(cfg, dpk, dpv, dot_p, tanh_gate, device):
-    """Prefix and gate gradients from a backward's fp32 sums, for both routes.
+def _prefix_grads(ctx, dpk, dpv, dot_p, tanh_gate, device):
+    """Prefix and gate gradients from a backward's fp32 sums, for every route.
 
     Args:
-        cfg: holds _grad_layout's entries and is_gated.
+        ctx: holds prefix_shape, prefix_dtype, gate_dtype and is_gated (_setup_forward sets them).
         dpk, dpv: (B, H_kv, P, D) fp32 sums per sequence, or None where there are no prefix keys.
         dot_p: (B, Hq, M) per-row dO . O_prefix (gated mode), or None where there are no prefix keys.
     Returns (dpk, dpv, dgate), each None where its input was None.
     """
     dpk_out = dpv_out = dg = None
-    if cfg["prefix_shape"] is not None:
+    if ctx.prefix_shape is not None:
         if dpk is None:  # no prefix keys: nothing flowed to them
-            dpk = dpv = torch.zeros(cfg["prefix_shape"], device=device, dtype=torch.float32)
-        elif len(cfg["prefix_shape"]) == 3:  # shared by the batch: summed over it in a fixed order
+            dpk = dpv = torch.zeros(ctx.prefix_shape, device=device, dtype=torch.float32)
+        elif len(ctx.prefix_shape) == 3:  # shared by the batch: summed over it in a fixed order
             dpk, dpv = dpk.sum(0), dpv.sum(0)  # (H_kv, P, D)
-        dpk_out = dpk.to(cfg["prefix_dtype"]).reshape(cfg["prefix_shape"])
-        dpv_out = dpv.to(cfg["prefix_dtype"]).reshape(cfg["prefix_shape"])
-    if cfg["is_gated"]:
+        dpk_out = dpk.to(ctx.prefix_dtype).reshape(ctx.prefix_shape)
+        dpv_out = dpv.to(ctx.prefix_dtype).reshape(ctx.prefix_shape)
+    if ctx.is_gated:
         # out = O_seq + tanh(g) O_prefix, so dL/dg = (1 - tanh(g)^2) * sum_{b, m} dO . O_prefix
         dg = torch.zeros_like(tanh_gate) if dot_p is None else (1.0 - tanh_gate * tanh_gate) * dot_p.sum(dim=(0, 2))
-        dg = dg.to(cfg["gate_dtype"])  # (Hq,)
+        dg = dg.to(ctx.gate_dtype)  # (Hq,)
     return dpk_out, dpv_out, dg
 
 
