@@ -534,32 +534,26 @@ def _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start, causal, window):
             raise ValueError("window needs causal=True (a sliding window looks back from each query)")
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim, set by the sweep in
-# benchmarks/bench_attention.py --sweep (which may override them through _TUNE for its own runs)
-_TUNE = {}
-
-
-def _blocks(D, dtype):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for forward, dq, dk/dv. Fixed choices rather than
-    autotuning, to keep compile time down and runs reproducible."""
+def _blocks(D, dtype, tiles=None):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for forward, dq, dk/dv: fixed choices per head dim
+    (from benchmarks/bench_attention.py --sweep) rather than autotuning, to keep compile time down and
+    runs reproducible. tiles, {"fwd" | "dq" | "dkdv": config}, replaces those of the kernels it names."""
     if _interpreting():  # numpy executes whole tiles; small tiles still exercise the edge logic
-        return (32, 32, 1, 1), (32, 32, 1, 1), (32, 32, 1, 1)
-    if D == 256:
+        defaults = (32, 32, 1, 1), (32, 32, 1, 1), (32, 32, 1, 1)
+    elif D == 256:
         # Gemma 3: the (BLOCK_M, 256) accumulator needs small tiles and 8 warps to stay in registers;
         # untuned (no sweep has covered D = 256 yet; bench_attention.py --sweep --sweep-dims 256 does)
         defaults = (64, 32, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1)
     elif dtype == torch.float32 or D <= 32:
         # fp32 is for tests only; small head dims crashed ptxas (3.6) in the dq kernel with the
         # pipelined large-tile configs, so tiny test models get small unpipelined tiles
-        return (64, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)
+        defaults = (64, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)
     elif D == 128:  # fastest of a small sweep on an H100 (bf16, N=4096, joint; benchmarks/RESULTS.md)
         defaults = (128, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2)
     else:
         defaults = (128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3)
-    fwd = _TUNE.get(("fwd", D), defaults[0])
-    dq = _TUNE.get(("dq", D), defaults[1])
-    dkdv = _TUNE.get(("dkdv", D), defaults[2])
-    return fwd, dq, dkdv
+    tiles = tiles or {}
+    return tuple(tiles.get(kind, default) for kind, default in zip(("fwd", "dq", "dkdv"), defaults))
 
 
 def _prefix_strides(x):
@@ -588,15 +582,16 @@ def _setup_forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, sc
 
 class _PrefixAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window):
+    def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window, tiles):
         q, k, v, pk, pv, tanh_gate, ks = _setup_forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start,
                                                         causal, scale, window)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
         ctx.has_key_start = key_start is not None
         ctx.precision = "ieee" if q.dtype == torch.float32 else "tf32"
-        (bm, bn, warps, stages), _, _ = _blocks(D, q.dtype)
+        ctx.tiles = _blocks(D, q.dtype, tiles)  # the backward launches with the same
         ctx.block_p = min(64, max(16, triton.next_power_of_2(max(ctx.P, 1))))
+        (bm, bn, warps, stages), _, _ = ctx.tiles
 
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32)
@@ -622,7 +617,7 @@ class _PrefixAttention(torch.autograd.Function):
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
         P, has_prefix, is_gated = ctx.P, ctx.P > 0, ctx.is_gated
-        _, (bm_q, bn_q, w_q, s_q), (bm_k, bn_k, w_k, s_k) = _blocks(D, q.dtype)
+        _, (bm_q, bn_q, w_q, s_q), (bm_k, bn_k, w_k, s_k) = ctx.tiles
         pk_s, pv_s = _prefix_strides(pk), _prefix_strides(pv)
         qk_scale = ctx.scale * LOG2E
         common = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_GATED=is_gated, DOT_PRECISION=ctx.precision)
@@ -656,7 +651,7 @@ class _PrefixAttention(torch.autograd.Function):
             IS_WINDOWED=ctx.window is not None, num_warps=w_k, num_stages=s_k, **common)
 
         dpk, dpv, dg = _prefix_grads(ctx, dpk_part, dpv_part, dot_p if is_gated else None, tanh_gate, q.device)
-        return dq, dk, dv, dpk, dpv, dg, None, None, None, None
+        return dq, dk, dv, dpk, dpv, dg, None, None, None, None, None
 
 
 def _prefix_grads(ctx, dpk, dpv, dot_p, tanh_gate, device):
@@ -711,7 +706,7 @@ def choose_impl(q, prefix_k, impl=None):
 
 
 def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal=True, scale=None,
-                     key_start=None, window=None, impl=None):
+                     key_start=None, window=None, impl=None, tiles=None):
     """Attention of q over learned prefix keys/values and the sequence's keys.
 
     Two routes compute the same function (kernels/split_attention.py says how): "fused", one Triton
@@ -732,6 +727,8 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal
             its last `window` sequence keys, itself included (transformers' sliding_window). Prefix
             keys carry no position and stay visible to every query. None: no window.
         impl: "fused", "split" or "auto"; None reads $XPREFIX_ATTN_IMPL (default "auto").
+        tiles: the fused route's tile configs, {"fwd" | "dq" | "dkdv": (BLOCK_M, BLOCK_N, num_warps,
+            num_stages)}, for tile sweeps; None (and kernels it omits): the defaults for D and dtype.
 
     Returns:
         (B, Hq, M, D) tensor in q's dtype.
@@ -741,4 +738,4 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal
         from kernels.split_attention import split_prefix_attention
         return split_prefix_attention(q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window)
     return _PrefixAttention.apply(q, k, v, prefix_k, prefix_v, gate, key_start, bool(causal), scale,
-                                  window)
+                                  window, tiles)
