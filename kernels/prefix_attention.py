@@ -384,12 +384,9 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             DOh = DO + b * stride_dob + h * stride_doh
             if IS_GATED:  # the prefix's own softmax, which sees dO scaled by t = tanh(g)
                 t = tl.load(TanhGate + h)
-                LSEh = LSEP + bh * M
-                Deltah = DotP + bh * M
+                LSEh, Deltah = LSEP + bh * M, DotP + bh * M
             else:  # the joint softmax
-                t = 1.0
-                LSEh = LSE + bh * M
-                Deltah = Delta + bh * M
+                t, LSEh, Deltah = 1.0, LSE + bh * M, Delta + bh * M
             dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, t, t, stride_qm, stride_dom, 0, m_end,
                                    offs_n, offs_d, M, N, 0, 0, qk_scale, BLOCK_M=BLOCK_M, MASK=False,
                                    CAUSAL=CAUSAL, IS_WINDOWED=False, DOT_PRECISION=DOT_PRECISION)
@@ -432,8 +429,7 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             bh = b * (H_KV * GROUP) + h
             Qh = Q + b * stride_qb + h * stride_qh
             DOh = DO + b * stride_dob + h * stride_doh
-            LSEh = LSE + bh * M
-            Deltah = Delta + bh * M
+            LSEh, Deltah = LSE + bh * M, Delta + bh * M
             dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, 1.0, 1.0, stride_qm, stride_dom, lo, mid,
                                    offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M=BLOCK_M, MASK=True,
                                    CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
