@@ -67,6 +67,18 @@ def _seq_bounds(start_m, M, N, key_start, window, BLOCK_M: tl.constexpr, BLOCK_N
 
 
 @triton.jit
+def _visible(offs_m, offs_n, M, N, key_start, window, CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr):
+    """True where query offs_m sees sequence key offs_n: left padding, causality and the window (the
+    bound N is the caller's). Indices come broadcastable, (BLOCK_M, 1) and (1, BLOCK_N) or transposed."""
+    valid = offs_n >= key_start
+    if CAUSAL:
+        valid = valid & (offs_n <= offs_m + (N - M))
+    if IS_WINDOWED:
+        valid = valid & (offs_n > offs_m + (N - M) - window)
+    return valid
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, offs_d,
                M, N, key_start, window, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
                IS_PREFIX: tl.constexpr, CAUSAL: tl.constexpr, IS_WINDOWED: tl.constexpr,
@@ -86,11 +98,8 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, off
         if MASK:
             valid = offs_n[None, :] < N
             if not IS_PREFIX:
-                valid = valid & (offs_n[None, :] >= key_start)
-                if CAUSAL:
-                    valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
-                if IS_WINDOWED:
-                    valid = valid & (offs_n[None, :] > offs_m[:, None] + (N - M) - window)
+                valid = valid & _visible(offs_m[:, None], offs_n[None, :], M, N, key_start, window,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
             s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row that has seen only masked keys keeps max -inf; shift by 0 so exp2 gives 0, not NaN
@@ -140,9 +149,9 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
     if HAS_PREFIX:
         PKh = PK + b * stride_pkb + hk * stride_pkh
         PVh = PV + b * stride_pvb + hk * stride_pvh
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                                   offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True,
-                                   CAUSAL, False, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, PKh, PVh, stride_pkn, stride_pvn, 0, P, offs_m, offs_d, M,
+                                   P, 0, 0, qk_scale, BLOCK_N=BLOCK_P, MASK=True, IS_PREFIX=True,
+                                   CAUSAL=CAUSAL, IS_WINDOWED=False, DOT_PRECISION=DOT_PRECISION)
     if IS_GATED:
         # the prefix softmax is finished; the sequence keys start a second, separate state
         out_p, lse_p = _finish(acc, l_i, m_i)
@@ -153,17 +162,17 @@ def _fwd_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, Out, LSE, LSEP,
 
     Kh = K + b * stride_kb + hk * stride_kh
     Vh = V + b * stride_vb + hk * stride_vh
-    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M, BLOCK_N, CAUSAL,
-                                         IS_WINDOWED)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, lo, mid_lo,
-                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False,
-                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
-                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, False, False,
-                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_hi, hi,
-                               offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False,
-                               CAUSAL, IS_WINDOWED, DOT_PRECISION)
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m, offs_d, M, N,
+                               key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                               CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi, offs_m, offs_d, M,
+                               N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=False, IS_PREFIX=False,
+                               CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m, offs_d, M, N,
+                               key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                               CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
     out, lse = _finish(acc, l_i, m_i)
     if IS_GATED:
         out = out + tl.load(TanhGate + h) * out_p
@@ -240,11 +249,8 @@ def _bwd_dq_inner(dq, q, do, lse, delta, d_scale, K, V, stride_kn, stride_vn, lo
         if MASK:
             valid = offs_n[None, :] < N
             if not IS_PREFIX:
-                valid = valid & (offs_n[None, :] >= key_start)
-                if CAUSAL:
-                    valid = valid & (offs_n[None, :] <= offs_m[:, None] + (N - M))
-                if IS_WINDOWED:
-                    valid = valid & (offs_n[None, :] > offs_m[:, None] + (N - M) - window)
+                valid = valid & _visible(offs_m[:, None], offs_n[None, :], M, N, key_start, window,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
             p = tl.where(valid, p, 0.0)
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION) * d_scale
         ds = p * (dp - delta[:, None])
@@ -282,30 +288,30 @@ def _bwd_dq_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, Do
     if HAS_PREFIX:
         PKh = PK + b * stride_pkb + hk * stride_pkh
         PVh = PV + b * stride_pvb + hk * stride_pvh
-        if IS_GATED:
+        if IS_GATED:  # the prefix's own softmax, which sees dO scaled by t = tanh(g)
             t = tl.load(TanhGate + h)
             lse_p = tl.load(LSEP + pid_bh * M + offs_m, mask=row_ok, other=float("inf"))
             delta_p = t * tl.load(DotP + pid_bh * M + offs_m, mask=row_ok, other=0.0)
-            dq = _bwd_dq_inner(dq, q, do, lse_p, delta_p, t, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                               offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
-                               False, DOT_PRECISION)
-        else:
-            dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, PKh, PVh, stride_pkn, stride_pvn, 0, P,
-                               offs_m, offs_d, M, P, 0, 0, qk_scale, BLOCK_P, True, True, CAUSAL,
-                               False, DOT_PRECISION)
+        else:  # the joint softmax
+            t = 1.0
+            lse_p = lse
+            delta_p = delta
+        dq = _bwd_dq_inner(dq, q, do, lse_p, delta_p, t, PKh, PVh, stride_pkn, stride_pvn, 0, P, offs_m, offs_d,
+                           M, P, 0, 0, qk_scale, BLOCK_N=BLOCK_P, MASK=True, IS_PREFIX=True, CAUSAL=CAUSAL,
+                           IS_WINDOWED=False, DOT_PRECISION=DOT_PRECISION)
     Kh = K + b * stride_kb + hk * stride_kh
     Vh = V + b * stride_vb + hk * stride_vh
-    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M, BLOCK_N, CAUSAL,
-                                         IS_WINDOWED)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m,
-                       offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False, CAUSAL,
-                       IS_WINDOWED, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi,
-                       offs_m, offs_d, M, N, key_start, window, qk_scale, BLOCK_N, False, False, CAUSAL,
-                       IS_WINDOWED, DOT_PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m,
-                       offs_d, M, N, key_start, window, qk_scale, BLOCK_N, True, False, CAUSAL,
-                       IS_WINDOWED, DOT_PRECISION)
+    lo, mid_lo, mid_hi, hi = _seq_bounds(start_m, M, N, key_start, window, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                         CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, lo, mid_lo, offs_m, offs_d, M,
+                       N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                       CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_lo, mid_hi, offs_m, offs_d,
+                       M, N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=False, IS_PREFIX=False,
+                       CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, 1.0, Kh, Vh, stride_kn, stride_vn, mid_hi, hi, offs_m, offs_d, M,
+                       N, key_start, window, qk_scale, BLOCK_N=BLOCK_N, MASK=True, IS_PREFIX=False,
+                       CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -330,11 +336,8 @@ def _bwd_kv_inner(dk, dv, k, v, Q, DO, LSEh, Deltah, delta_scale, d_scale, strid
         sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         pT = tl.math.exp2(sT - lse[None, :])
         if MASK:
-            valid = offs_n[:, None] >= key_start
-            if CAUSAL:
-                valid = valid & (offs_n[:, None] <= offs_m[None, :] + (N - M))
-            if IS_WINDOWED:
-                valid = valid & (offs_n[:, None] > offs_m[None, :] + (N - M) - window)
+            valid = _visible(offs_m[None, :], offs_n[:, None], M, N, key_start, window, CAUSAL=CAUSAL,
+                             IS_WINDOWED=IS_WINDOWED)
             pT = tl.where(valid, pT, 0.0)
         dv += tl.dot((pT * d_scale).to(do.dtype), do, input_precision=DOT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * d_scale
@@ -379,15 +382,14 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             bh = b * (H_KV * GROUP) + h
             Qh = Q + b * stride_qb + h * stride_qh
             DOh = DO + b * stride_dob + h * stride_doh
-            if IS_GATED:
+            if IS_GATED:  # the prefix's own softmax, which sees dO scaled by t = tanh(g)
                 t = tl.load(TanhGate + h)
-                dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEP + bh * M, DotP + bh * M, t, t,
-                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0, 0,
-                                       qk_scale, BLOCK_M, False, CAUSAL, False, DOT_PRECISION)
-            else:
-                dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                       stride_qm, stride_dom, 0, m_end, offs_n, offs_d, M, N, 0, 0,
-                                       qk_scale, BLOCK_M, False, CAUSAL, False, DOT_PRECISION)
+                LSEh, Deltah = LSEP + bh * M, DotP + bh * M
+            else:  # the joint softmax
+                t, LSEh, Deltah = 1.0, LSE + bh * M, Delta + bh * M
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, t, t, stride_qm, stride_dom, 0, m_end,
+                                   offs_n, offs_d, M, N, 0, 0, qk_scale, BLOCK_M=BLOCK_M, MASK=False,
+                                   CAUSAL=CAUSAL, IS_WINDOWED=False, DOT_PRECISION=DOT_PRECISION)
         # partials are contiguous fp32 (B, H_kv, P, D)
         part = (b * H_KV + hk) * P * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
         tl.store(DPK + part, dk * sm_scale, mask=key_ok)
@@ -427,15 +429,16 @@ def _bwd_dkdv_kernel(Q, K, V, PK, PV, TanhGate, KeyStart, DO, LSE, LSEP, Delta, 
             bh = b * (H_KV * GROUP) + h
             Qh = Q + b * stride_qb + h * stride_qh
             DOh = DO + b * stride_dob + h * stride_doh
-            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                   stride_qm, stride_dom, lo, mid, offs_n, offs_d, M, N, key_start,
-                                   window, qk_scale, BLOCK_M, True, CAUSAL, IS_WINDOWED, DOT_PRECISION)
-            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                   stride_qm, stride_dom, mid, free_hi, offs_n, offs_d, M, N, key_start,
-                                   window, qk_scale, BLOCK_M, False, CAUSAL, IS_WINDOWED, DOT_PRECISION)
-            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSE + bh * M, Delta + bh * M, 1.0, 1.0,
-                                   stride_qm, stride_dom, free_hi, hi, offs_n, offs_d, M, N, key_start,
-                                   window, qk_scale, BLOCK_M, True, CAUSAL, IS_WINDOWED, DOT_PRECISION)
+            LSEh, Deltah = LSE + bh * M, Delta + bh * M
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, 1.0, 1.0, stride_qm, stride_dom, lo, mid,
+                                   offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M=BLOCK_M, MASK=True,
+                                   CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, 1.0, 1.0, stride_qm, stride_dom, mid,
+                                   free_hi, offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M=BLOCK_M,
+                                   MASK=False, CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
+            dk, dv = _bwd_kv_inner(dk, dv, k, v, Qh, DOh, LSEh, Deltah, 1.0, 1.0, stride_qm, stride_dom, free_hi,
+                                   hi, offs_n, offs_d, M, N, key_start, window, qk_scale, BLOCK_M=BLOCK_M,
+                                   MASK=True, CAUSAL=CAUSAL, IS_WINDOWED=IS_WINDOWED, DOT_PRECISION=DOT_PRECISION)
         dk_ptrs = DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
         dv_ptrs = DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
         tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
@@ -527,32 +530,26 @@ def _check_inputs(q, k, v, prefix_k, prefix_v, gate, key_start, causal, window):
             raise ValueError("window needs causal=True (a sliding window looks back from each query)")
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head dim, set by the sweep in
-# benchmarks/bench_attention.py --sweep (which may override them through _TUNE for its own runs)
-_TUNE = {}
-
-
-def _blocks(D, dtype):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for forward, dq, dk/dv. Fixed choices rather than
-    autotuning, to keep compile time down and runs reproducible."""
+def _blocks(D, dtype, tiles=None):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for forward, dq, dk/dv: fixed choices per head dim
+    (from benchmarks/bench_attention.py --sweep) rather than autotuning, to keep compile time down and
+    runs reproducible. tiles, {"fwd" | "dq" | "dkdv": config}, replaces those of the kernels it names."""
     if _interpreting():  # numpy executes whole tiles; small tiles still exercise the edge logic
-        return (32, 32, 1, 1), (32, 32, 1, 1), (32, 32, 1, 1)
-    if D == 256:
+        defaults = (32, 32, 1, 1), (32, 32, 1, 1), (32, 32, 1, 1)
+    elif D == 256:
         # Gemma 3: the (BLOCK_M, 256) accumulator needs small tiles and 8 warps to stay in registers;
         # untuned (no sweep has covered D = 256 yet; bench_attention.py --sweep --sweep-dims 256 does)
         defaults = (64, 32, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1)
     elif dtype == torch.float32 or D <= 32:
         # fp32 is for tests only; small head dims crashed ptxas (3.6) in the dq kernel with the
         # pipelined large-tile configs, so tiny test models get small unpipelined tiles
-        return (64, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)
+        defaults = (64, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)
     elif D == 128:  # fastest of a small sweep on an H100 (bf16, N=4096, joint; benchmarks/RESULTS.md)
         defaults = (128, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2)
     else:
         defaults = (128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3)
-    fwd = _TUNE.get(("fwd", D), defaults[0])
-    dq = _TUNE.get(("dq", D), defaults[1])
-    dkdv = _TUNE.get(("dkdv", D), defaults[2])
-    return fwd, dq, dkdv
+    tiles = tiles or {}
+    return tuple(tiles.get(kind, default) for kind, default in zip(("fwd", "dq", "dkdv"), defaults))
 
 
 def _prefix_strides(x):
@@ -560,73 +557,81 @@ def _prefix_strides(x):
     return (0,) + tuple(x.stride()[:2]) if x.dim() == 3 else tuple(x.stride()[:3])
 
 
+def _setup_forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window):
+    """Both routes' forward start. Sets on ctx what their backwards read (causal, scale, window, P,
+    is_gated, and for _prefix_grads the prefix's shape and dtype and the gate's dtype) and returns
+    unit-stride q, k, v, pk, pv (k, v where there are no prefix keys: any valid pointer, the prefix loops
+    run zero times), tanh(gate) in fp32 and the key starts (placeholders where there are none)."""
+    q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
+    ctx.P = 0 if prefix_k is None else prefix_k.shape[-2]
+    pk, pv = (_last_contiguous(prefix_k), _last_contiguous(prefix_v)) if ctx.P > 0 else (k, v)
+    ctx.is_gated = gate is not None
+    tanh_gate = gate.detach().float().tanh().contiguous() if ctx.is_gated else q.new_empty(1, dtype=torch.float32)
+    ks = key_start.contiguous() if key_start is not None else q.new_zeros(1, dtype=torch.int32)
+    ctx.causal, ctx.window = causal, window
+    ctx.scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    ctx.prefix_shape = None if prefix_k is None else prefix_k.shape
+    ctx.prefix_dtype = None if prefix_k is None else prefix_k.dtype
+    ctx.gate_dtype = None if gate is None else gate.dtype
+    return q, k, v, pk, pv, tanh_gate, ks
+
+
 class _PrefixAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window):
-        q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
+    def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window, tiles):
+        q, k, v, pk, pv, tanh_gate, ks = _setup_forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start,
+                                                        causal, scale, window)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
-        P = 0 if prefix_k is None else prefix_k.shape[-2]
-        has_prefix = P > 0
-        if has_prefix:
-            pk, pv = _last_contiguous(prefix_k), _last_contiguous(prefix_v)
-        else:  # any valid pointer; the prefix loops run zero times
-            pk, pv = k, v
-        is_gated = gate is not None
-        tanh_gate = gate.detach().float().tanh().contiguous() if is_gated else q.new_empty(1, dtype=torch.float32)
-        ks = key_start.contiguous() if key_start is not None else q.new_zeros(1, dtype=torch.int32)
-        scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        precision = "ieee" if q.dtype == torch.float32 else "tf32"
-        (bm, bn, warps, stages), _, _ = _blocks(D, q.dtype)
-        block_p = min(64, max(16, triton.next_power_of_2(max(P, 1))))
+        ctx.has_key_start = key_start is not None
+        ctx.precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        ctx.tiles = _blocks(D, q.dtype, tiles)  # the backward launches with the same
+        ctx.block_p = min(64, max(16, triton.next_power_of_2(max(ctx.P, 1))))
+        (bm, bn, warps, stages), _, _ = ctx.tiles
 
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32)
-        lse_p = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32) if is_gated else lse
+        lse_p = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32) if ctx.is_gated else lse
         pk_s, pv_s = _prefix_strides(pk), _prefix_strides(pv)
         grid = (triton.cdiv(M, bm), B * Hq)
         _fwd_kernel[grid](
             q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *out.stride()[:3],
-            Hq, M, N, P, window or 0, scale * LOG2E,
-            GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=block_p, CAUSAL=causal,
-            IS_GATED=is_gated, HAS_PREFIX=has_prefix, HAS_KEY_START=key_start is not None,
-            IS_WINDOWED=window is not None, DOT_PRECISION=precision, num_warps=warps,
+            Hq, M, N, ctx.P, window or 0, ctx.scale * LOG2E,
+            GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=ctx.block_p, CAUSAL=causal,
+            IS_GATED=ctx.is_gated, HAS_PREFIX=ctx.P > 0, HAS_KEY_START=ctx.has_key_start,
+            IS_WINDOWED=window is not None, DOT_PRECISION=ctx.precision, num_warps=warps,
             num_stages=stages)
 
         ctx.save_for_backward(q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p)
-        ctx.cfg = dict(causal=causal, scale=scale, window=window, P=P, is_gated=is_gated, block_p=block_p,
-                       has_key_start=key_start is not None, precision=precision,
-                       **_grad_layout(prefix_k, gate))
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, pk, pv, tanh_gate, ks, out, lse, lse_p = ctx.saved_tensors
-        c = ctx.cfg
         dout = _last_contiguous(dout)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
-        P, has_prefix, is_gated = c["P"], c["P"] > 0, c["is_gated"]
-        (_, _, _, _), (bm_q, bn_q, w_q, s_q), (bm_k, bn_k, w_k, s_k) = _blocks(D, q.dtype)
+        P, has_prefix, is_gated = ctx.P, ctx.P > 0, ctx.is_gated
+        _, (bm_q, bn_q, w_q, s_q), (bm_k, bn_k, w_k, s_k) = ctx.tiles
         pk_s, pv_s = _prefix_strides(pk), _prefix_strides(pv)
-        qk_scale = c["scale"] * LOG2E
-        common = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_GATED=is_gated, DOT_PRECISION=c["precision"])
+        qk_scale = ctx.scale * LOG2E
+        common = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_GATED=is_gated, DOT_PRECISION=ctx.precision)
 
         delta = torch.empty_like(lse)
         dot_p = torch.empty_like(lse) if is_gated else delta
         _bwd_preprocess[(triton.cdiv(M, bm_q), B * Hq)](
             q, pk, pv, tanh_gate, out, dout, lse_p, delta, dot_p,
             *q.stride()[:3], *pk_s, *pv_s, *out.stride()[:3], *dout.stride()[:3], Hq, M, P, qk_scale,
-            BLOCK_M=bm_q, BLOCK_P=c["block_p"], HAS_PREFIX=has_prefix, **common)
+            BLOCK_M=bm_q, BLOCK_P=ctx.block_p, HAS_PREFIX=has_prefix, **common)
 
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         _bwd_dq_kernel[(triton.cdiv(M, bm_q), B * Hq)](
             q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dq,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
-            *dq.stride()[:3], Hq, M, N, P, c["window"] or 0, qk_scale, c["scale"],
-            BLOCK_M=bm_q, BLOCK_N=bn_q, BLOCK_P=c["block_p"], CAUSAL=c["causal"],
-            HAS_PREFIX=has_prefix, HAS_KEY_START=c["has_key_start"], IS_WINDOWED=c["window"] is not None,
+            *dq.stride()[:3], Hq, M, N, P, ctx.window or 0, qk_scale, ctx.scale,
+            BLOCK_M=bm_q, BLOCK_N=bn_q, BLOCK_P=ctx.block_p, CAUSAL=ctx.causal,
+            HAS_PREFIX=has_prefix, HAS_KEY_START=ctx.has_key_start, IS_WINDOWED=ctx.window is not None,
             num_warps=w_q, num_stages=s_q, **common)
 
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -637,42 +642,35 @@ class _PrefixAttention(torch.autograd.Function):
         _bwd_dkdv_kernel[(n_pblocks + triton.cdiv(N, bn_k), B * Hkv)](
             q, k, v, pk, pv, tanh_gate, ks, dout, lse, lse_p, delta, dot_p, dk, dv, dpk_part, dpv_part,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk_s, *pv_s, *dout.stride()[:3],
-            *dk.stride()[:3], *dv.stride()[:3], Hkv, M, N, P, n_pblocks, c["window"] or 0, qk_scale,
-            c["scale"], BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=c["causal"], HAS_KEY_START=c["has_key_start"],
-            IS_WINDOWED=c["window"] is not None, num_warps=w_k, num_stages=s_k, **common)
+            *dk.stride()[:3], *dv.stride()[:3], Hkv, M, N, P, n_pblocks, ctx.window or 0, qk_scale,
+            ctx.scale, BLOCK_M=bm_k, BLOCK_N=bn_k, CAUSAL=ctx.causal, HAS_KEY_START=ctx.has_key_start,
+            IS_WINDOWED=ctx.window is not None, num_warps=w_k, num_stages=s_k, **common)
 
-        dpk, dpv, dg = _prefix_grads(c, dpk_part, dpv_part, dot_p if is_gated else None, tanh_gate, q.device)
-        return dq, dk, dv, dpk, dpv, dg, None, None, None, None
-
-
-def _grad_layout(prefix_k, gate):
-    """What a backward needs to hand the prefix and gate gradients back as their inputs came."""
-    return dict(prefix_shape=None if prefix_k is None else prefix_k.shape,
-                prefix_dtype=None if prefix_k is None else prefix_k.dtype,
-                gate_dtype=None if gate is None else gate.dtype)
+        dpk, dpv, dg = _prefix_grads(ctx, dpk_part, dpv_part, dot_p if is_gated else None, tanh_gate, q.device)
+        return dq, dk, dv, dpk, dpv, dg, None, None, None, None, None
 
 
-def _prefix_grads(cfg, dpk, dpv, dot_p, tanh_gate, device):
-    """Prefix and gate gradients from a backward's fp32 sums, for both routes.
+def _prefix_grads(ctx, dpk, dpv, dot_p, tanh_gate, device):
+    """Prefix and gate gradients from a backward's fp32 sums, for every route.
 
     Args:
-        cfg: holds _grad_layout's entries and is_gated.
+        ctx: holds prefix_shape, prefix_dtype, gate_dtype and is_gated (_setup_forward sets them).
         dpk, dpv: (B, H_kv, P, D) fp32 sums per sequence, or None where there are no prefix keys.
         dot_p: (B, Hq, M) per-row dO . O_prefix (gated mode), or None where there are no prefix keys.
     Returns (dpk, dpv, dgate), each None where its input was None.
     """
     dpk_out = dpv_out = dg = None
-    if cfg["prefix_shape"] is not None:
+    if ctx.prefix_shape is not None:
         if dpk is None:  # no prefix keys: nothing flowed to them
-            dpk = dpv = torch.zeros(cfg["prefix_shape"], device=device, dtype=torch.float32)
-        elif len(cfg["prefix_shape"]) == 3:  # shared by the batch: summed over it in a fixed order
+            dpk = dpv = torch.zeros(ctx.prefix_shape, device=device, dtype=torch.float32)
+        elif len(ctx.prefix_shape) == 3:  # shared by the batch: summed over it in a fixed order
             dpk, dpv = dpk.sum(0), dpv.sum(0)  # (H_kv, P, D)
-        dpk_out = dpk.to(cfg["prefix_dtype"]).reshape(cfg["prefix_shape"])
-        dpv_out = dpv.to(cfg["prefix_dtype"]).reshape(cfg["prefix_shape"])
-    if cfg["is_gated"]:
+        dpk_out = dpk.to(ctx.prefix_dtype).reshape(ctx.prefix_shape)
+        dpv_out = dpv.to(ctx.prefix_dtype).reshape(ctx.prefix_shape)
+    if ctx.is_gated:
         # out = O_seq + tanh(g) O_prefix, so dL/dg = (1 - tanh(g)^2) * sum_{b, m} dO . O_prefix
         dg = torch.zeros_like(tanh_gate) if dot_p is None else (1.0 - tanh_gate * tanh_gate) * dot_p.sum(dim=(0, 2))
-        dg = dg.to(cfg["gate_dtype"])  # (Hq,)
+        dg = dg.to(ctx.gate_dtype)  # (Hq,)
     return dpk_out, dpv_out, dg
 
 
@@ -704,7 +702,7 @@ def choose_impl(q, prefix_k, impl=None):
 
 
 def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal=True, scale=None,
-                     key_start=None, window=None, impl=None):
+                     key_start=None, window=None, impl=None, tiles=None):
     """Attention of q over learned prefix keys/values and the sequence's keys.
 
     Two routes compute the same function (kernels/split_attention.py says how): "fused", one Triton
@@ -725,6 +723,8 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal
             its last `window` sequence keys, itself included (transformers' sliding_window). Prefix
             keys carry no position and stay visible to every query. None: no window.
         impl: "fused", "split" or "auto"; None reads $XPREFIX_ATTN_IMPL (default "auto").
+        tiles: the fused route's tile configs, {"fwd" | "dq" | "dkdv": (BLOCK_M, BLOCK_N, num_warps,
+            num_stages)}, for tile sweeps; None (and kernels it omits): the defaults for D and dtype.
 
     Returns:
         (B, Hq, M, D) tensor in q's dtype.
@@ -734,4 +734,4 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal
         from kernels.split_attention import split_prefix_attention
         return split_prefix_attention(q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window)
     return _PrefixAttention.apply(q, k, v, prefix_k, prefix_v, gate, key_start, bool(causal), scale,
-                                  window)
+                                  window, tiles)

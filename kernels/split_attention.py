@@ -58,8 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.prefix_attention import (LOG2E, _grad_layout, _interpreting, _last_contiguous, _prefix_grads,
-                                      _prefix_strides)
+from kernels.prefix_attention import (LOG2E, _interpreting, _last_contiguous, _prefix_grads, _prefix_strides,
+                                      _setup_forward)
 
 MAX_PREFIX = 64
 
@@ -342,53 +342,44 @@ def _dot_options(dtype):
 class _SplitPrefixAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start, causal, scale, window):
-        q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
+        q, k, v, pk, pv, tanh_gate, ks = _setup_forward(ctx, q, k, v, prefix_k, prefix_v, gate, key_start,
+                                                        causal, scale, window)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
-        P = 0 if prefix_k is None else prefix_k.shape[-2]
-        pk, pv = (_last_contiguous(prefix_k), _last_contiguous(prefix_v)) if P > 0 else (q, q)
-        is_gated = gate is not None
-        tanh_gate = gate.detach().float().tanh().contiguous() if is_gated else q.new_empty(1, dtype=torch.float32)
-        ks = key_start.contiguous() if key_start is not None else q.new_zeros(1, dtype=torch.int32)
-        scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        backend = sequence_backend(q)
-        seq_out, seq_lse, state = SEQUENCE_OPS[backend][0](q, k, v, key_start, causal, scale, window)
+        ctx.backend = sequence_backend(q)
+        seq_out, seq_lse, ctx.state = SEQUENCE_OPS[ctx.backend][0](q, k, v, key_start, causal, ctx.scale, window)
 
         # (B, Hq, M, D) over the (B, M, Hq, D) layout: transformers transposes back to it next
         out = torch.empty(B, M, Hq, D, device=q.device, dtype=q.dtype).transpose(1, 2)
         lse = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32)  # joint: merged; gated: prefix
         block_m, warps = _tiles(D)
-        block_p = max(16, triton.next_power_of_2(max(P, 1)))
+        ctx.block_p = max(16, triton.next_power_of_2(max(ctx.P, 1)))
         _merge_fwd_kernel[(triton.cdiv(M, block_m), B * Hq)](
             q, pk, pv, tanh_gate, ks, seq_out, seq_lse, out, lse, lse,
             *q.stride()[:3], *_prefix_strides(pk), *_prefix_strides(pv), *seq_out.stride()[:3],
-            *seq_lse.stride(), *out.stride()[:3], Hq, M, N, P, scale * LOG2E,
-            GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_P=block_p, CAUSAL=causal,
-            IS_GATED=is_gated, HAS_KEY_START=key_start is not None,
+            *seq_lse.stride(), *out.stride()[:3], Hq, M, N, ctx.P, ctx.scale * LOG2E,
+            GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_P=ctx.block_p, CAUSAL=causal,
+            IS_GATED=ctx.is_gated, HAS_KEY_START=key_start is not None,
             **_dot_options(q.dtype), num_warps=warps)
 
         # joint: the op's backward takes the merged (out, lse); gated: its own (O_s, L_s)
-        seq_saved = (out, lse) if not is_gated else (seq_out, seq_lse)
+        seq_saved = (out, lse) if not ctx.is_gated else (seq_out, seq_lse)
         ctx.save_for_backward(q, k, v, pk, pv, tanh_gate, key_start, *seq_saved, lse)
-        ctx.state = state
-        ctx.cfg = dict(backend=backend, causal=causal, scale=scale, window=window, P=P, block_p=block_p,
-                       is_gated=is_gated, **_grad_layout(prefix_k, gate))
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, pk, pv, tanh_gate, key_start, seq_out, seq_lse, lse = ctx.saved_tensors
-        c = ctx.cfg
         dout = _last_contiguous(dout)
         B, Hq, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
-        P = c["P"]
+        P = ctx.P
         do_seq = dout
-        if c["backend"] == "flash" and key_start is not None:
+        if ctx.backend == "flash" and key_start is not None:
             # the padding sequences attended padding keys: no gradient may flow from their rows
-            do_seq = dout.masked_fill(_empty_rows(key_start, M, N, c["causal"]), 0.0)
-        dq, dk, dv = SEQUENCE_OPS[c["backend"]][1](do_seq, q, k, v, seq_out, seq_lse, ctx.state, c["causal"],
-                                                   c["scale"], c["window"], key_start)
+            do_seq = dout.masked_fill(_empty_rows(key_start, M, N, ctx.causal), 0.0)
+        dq, dk, dv = SEQUENCE_OPS[ctx.backend][1](do_seq, q, k, v, seq_out, seq_lse, ctx.state, ctx.causal,
+                                                  ctx.scale, ctx.window, key_start)
         dpk = dpv = None
         if P > 0:
             block_m, warps = _tiles(D)
@@ -398,18 +389,18 @@ class _SplitPrefixAttention(torch.autograd.Function):
             n_chunks = triton.cdiv(n_blocks, blocks_per_program)
             dpk_part = torch.empty((n_chunks, B, Hq, P, D), device=q.device, dtype=torch.float32)
             dpv_part = torch.empty_like(dpk_part)
-            dot_p = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32) if c["is_gated"] else lse
+            dot_p = torch.empty((B, Hq, M), device=q.device, dtype=torch.float32) if ctx.is_gated else lse
             _prefix_bwd_kernel[(n_chunks, B * Hq)](
                 q, pk, pv, tanh_gate, dout, seq_out, lse, dq, dpk_part, dpv_part, dot_p,
                 *q.stride()[:3], *_prefix_strides(pk), *_prefix_strides(pv), *dout.stride()[:3],
                 *seq_out.stride()[:3], *dq.stride()[:3], Hq, M, P, blocks_per_program * block_m,
-                c["scale"] * LOG2E, c["scale"], GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m,
-                BLOCK_P=c["block_p"], IS_GATED=c["is_gated"],
+                ctx.scale * LOG2E, ctx.scale, GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m,
+                BLOCK_P=ctx.block_p, IS_GATED=ctx.is_gated,
                 **_dot_options(q.dtype), num_warps=warps)
             # summed in a fixed order (chunks, then the heads of each group; _prefix_grads: the batch if shared)
             dpk = dpk_part.sum(0).view(B, Hkv, Hq // Hkv, P, D).sum(2)  # (B, H_kv, P, D)
             dpv = dpv_part.sum(0).view(B, Hkv, Hq // Hkv, P, D).sum(2)
-        dpk, dpv, dg = _prefix_grads(c, dpk, dpv, dot_p if P > 0 and c["is_gated"] else None, tanh_gate, q.device)
+        dpk, dpv, dg = _prefix_grads(ctx, dpk, dpv, dot_p if P > 0 and ctx.is_gated else None, tanh_gate, q.device)
         return dq, dk, dv, dpk, dpv, dg, None, None, None, None
 
 
@@ -430,24 +421,22 @@ class _FlashJointConcat(torch.autograd.Function):
         out, lse, rng, unused = fwd(q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), None, None, M,
                                     N + P, 0.0, causal, False, scale=scale)[:4]
         ctx.save_for_backward(q, kc, vc, out, lse, rng, unused)
-        ctx.cfg = (causal, scale, P, prefix_k.shape, prefix_k.dtype)
+        ctx.causal, ctx.scale, ctx.P, ctx.is_gated = causal, scale, P, False
+        ctx.prefix_shape, ctx.prefix_dtype = prefix_k.shape, prefix_k.dtype
         return out.transpose(1, 2)  # (B, Hq, M, D) over FlashAttention's (B, M, Hq, D)
 
     @staticmethod
     def backward(ctx, dout):
         q, kc, vc, out, lse, rng, unused = ctx.saved_tensors
-        causal, scale, P, prefix_shape, prefix_dtype = ctx.cfg
         _, bwd = _flash_ops()
         dq, dkc, dvc = bwd(_last_contiguous(dout).transpose(1, 2), q.transpose(1, 2), kc.transpose(1, 2),
-                           vc.transpose(1, 2), out, lse, None, None, q.shape[2], kc.shape[2], 0.0, causal, rng,
-                           unused, scale=scale)
+                           vc.transpose(1, 2), out, lse, None, None, q.shape[2], kc.shape[2], 0.0, ctx.causal, rng,
+                           unused, scale=ctx.scale)
         dkc, dvc = dkc.transpose(1, 2), dvc.transpose(1, 2)  # (B, H_kv, P + N, D)
-
-        def prefix_grad(g):  # a shared prefix: summed over the batch in fp32, in a fixed order
-            g = g[:, :, :P]  # (B, H_kv, P, D)
-            return (g.float().sum(0) if len(prefix_shape) == 3 else g).to(prefix_dtype)
-        return (dq.transpose(1, 2), dkc[:, :, P:], dvc[:, :, P:], prefix_grad(dkc), prefix_grad(dvc), None,
-                None)
+        P = ctx.P
+        # a shared prefix: summed over the batch in fp32, in a fixed order
+        dpk, dpv, _ = _prefix_grads(ctx, dkc[:, :, :P].float(), dvc[:, :, :P].float(), None, None, dq.device)
+        return dq.transpose(1, 2), dkc[:, :, P:], dvc[:, :, P:], dpk, dpv, None, None
 
 
 def split_prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, key_start=None, causal=True,

@@ -103,14 +103,15 @@ def _compare(name, got, hi, lo, factor, atol):
     assert err.max() <= factor * ref_err.max() + atol, f"{name}: {err.max():.3e} > tolerance"
 
 
-def _check(case, shared=True, scale=None):
+def _check(case, shared=True, scale=None, attention=prefix_attention):
+    """One case of the grid through `attention` (test_split_attention.py passes the split route)."""
     dtype, mode, causal, D, (M, N), P, (B, Hq, Hkv), pad, window = case
     tensors, key_start = _inputs(dtype, mode, D, M, N, P, B, Hq, Hkv, pad, shared)
     kw = dict(causal=causal, scale=scale, key_start=key_start, window=window)
     hi_dtype = torch.float64 if dtype == torch.float32 else torch.float32
     do = torch.randn(B, Hq, M, D, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
-    out, grads = _run(prefix_attention, tensors, do, **kw)
+    out, grads = _run(attention, tensors, do, **kw)
     hi_in = [t.to(hi_dtype) if t is not None else None for t in tensors]
     ref_hi, grads_hi = _run(prefix_attention_ref, hi_in, do, **kw)
     ref_lo, grads_lo = _run(lambda *a, **k: prefix_attention_ref(*a, compute_dtype=dtype, **k),

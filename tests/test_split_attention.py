@@ -24,7 +24,7 @@ import kernels.split_attention as split  # noqa: E402
 from kernels import prefix_attention  # noqa: E402
 from kernels.prefix_attention import choose_impl  # noqa: E402
 from kernels.reference import prefix_attention_ref  # noqa: E402
-from test_kernels import _compare, _inputs, _run  # noqa: E402
+from test_kernels import _case_id, _check as _check_route, _inputs, _run  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -44,31 +44,12 @@ def _grid(n_full, n_windowed, seed, dtypes, dims):
     return random.Random(seed).sample(full, n_full) + random.Random(seed + 1).sample(windowed, n_windowed)
 
 
-def _case_id(case):
-    dtype, mode, causal, D, (M, N), P, (B, Hq, Hkv), pad, window = case
-    return (f"{str(dtype)[6:]}-{mode}-{'causal' if causal else 'full'}-d{D}-m{M}n{N}-p{P}"
-            f"-g{Hq // Hkv}-{'pad' if pad else 'nopad'}" + (f"-w{window}" if window else ""))
-
-
 def _split(*args, **kw):
     return prefix_attention(*args, impl="split", **kw)
 
 
 def _check(case, shared=True, scale=None):
-    dtype, mode, causal, D, (M, N), P, (B, Hq, Hkv), pad, window = case
-    tensors, key_start = _inputs(dtype, mode, D, M, N, P, B, Hq, Hkv, pad, shared)
-    kw = dict(causal=causal, scale=scale, key_start=key_start, window=window)
-    hi_dtype = torch.float64 if dtype == torch.float32 else torch.float32
-    do = torch.randn(B, Hq, M, D, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    out, grads = _run(_split, tensors, do, **kw)
-    ref_hi, grads_hi = _run(prefix_attention_ref, [t.to(hi_dtype) if t is not None else None for t in tensors],
-                            do, **kw)
-    ref_lo, grads_lo = _run(lambda *a, **k: prefix_attention_ref(*a, compute_dtype=dtype, **k), tensors, do, **kw)
-    atol = 1e-5 if dtype == torch.float32 else 1e-3
-    _compare("out", out, ref_hi, ref_lo, 2, atol)
-    names = [n for n, t in zip(["dq", "dk", "dv", "dpk", "dpv", "dgate"], tensors) if t is not None]
-    for name, g, g_hi, g_lo in zip(names, grads, grads_hi, grads_lo):
-        _compare(name, g, g_hi, g_lo, 3, atol * max(1.0, g_hi.abs().max().item() if g_hi.numel() else 1.0))
+    _check_route(case, shared, scale, attention=_split)
 
 
 # ----------------------------------------------------------------------------------------------
