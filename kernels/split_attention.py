@@ -62,6 +62,9 @@ from kernels.prefix_attention import (LOG2E, _interpreting, _last_contiguous, _p
                                       _setup_forward)
 
 MAX_PREFIX = 64
+# LOG2E for use inside kernels: compiled Triton (unlike the interpreter the tests run) refuses a
+# plain-float module global in a kernel, so the kernels read this constexpr copy
+LOG2E_K = tl.constexpr(LOG2E)
 
 
 @triton.jit
@@ -120,7 +123,7 @@ def _merge_fwd_kernel(Q, PK, PV, TanhGate, KeyStart, SeqOut, SeqLSE, Out, LSE, L
     o_s = tl.load(SeqOut + b * stride_sb + h * stride_sh + offs_m[:, None] * stride_sm + offs_d[None, :],
                   mask=seq_ok[:, None], other=0.0).to(tl.float32)
     lse_s = tl.load(SeqLSE + b * stride_lb + h * stride_lh + offs_m * stride_lm, mask=seq_ok,
-                    other=float("-inf")) * LOG2E
+                    other=float("-inf")) * LOG2E_K
     lse_s = tl.where(seq_ok, lse_s, float("-inf"))
     if IS_GATED:
         out = o_s + tl.load(TanhGate + h) * out_p
@@ -135,7 +138,7 @@ def _merge_fwd_kernel(Q, PK, PV, TanhGate, KeyStart, SeqOut, SeqLSE, Out, LSE, L
         inv = 1.0 / tl.where(empty, 1.0, total)
         out = o_s * (w_s * inv)[:, None] + out_p * (w_p * inv)[:, None]
         lse = tl.where(empty, float("inf"), top + tl.math.log2(tl.where(empty, 1.0, total)))
-        tl.store(LSE + pid_bh * M + offs_m, lse / LOG2E, mask=row_ok)
+        tl.store(LSE + pid_bh * M + offs_m, lse / LOG2E_K, mask=row_ok)
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
@@ -177,7 +180,7 @@ def _prefix_bwd_kernel(Q, PK, PV, TanhGate, DO, Out, LSE, DQ, DPK, DPV, DotP,
                      mask=row_ok[:, None], other=0.0)
         lse = tl.load(LSE + pid_bh * M + offs_m, mask=row_ok, other=float("inf"))
         if not IS_GATED:
-            lse = lse * LOG2E
+            lse = lse * LOG2E_K
         s = _dot(q, tl.trans(pk), DOT_PRECISION, UPCAST) * qk_scale  # (BLOCK_M, BLOCK_P)
         p = tl.where(key_ok[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(pv), DOT_PRECISION, UPCAST)  # dO . pv_j, before the gate
