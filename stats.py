@@ -110,3 +110,20 @@ def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=
     if 0 < len(others) < len(languages):
         groups["non_en"] = others
     return summarize(diffs, groups, n_resamples, seed, level)
+
+
+def gain_table(ours, base, languages, english, metric, label="gain", n_resamples=2000, seed=0, level=0.95):
+    """(markdown, gain dict): `label` per language, over all languages and over the non-English ones,
+    each "+6.9 ± 2.3 [+2.4, +11.5]": the paired mean difference, its s.e. over examples and its
+    bootstrap interval. ours and base as {lang: prediction records} (evaluate.py's)."""
+    read = lambda rows: {l: per_example(rows[l], metric, where=l) for l in languages}  # noqa: E731
+    gain = paired_gain(read(ours), read(base), languages, english, n_resamples, seed, level)
+    names = dict({l: l for l in languages}, avg=f"avg ({len(languages)})",
+                 non_en=f"non-English avg ({len(languages) - 1})")
+    lines = [f"| {metric} {label} | mean ± s.e. | {round(100 * level)}% CI |", "|---|---:|---:|"]
+    for key, cell in gain.items():
+        se = "" if cell["se"] is None else f" ± {cell['se']:.1f}"
+        ci = "" if cell["ci"] is None else f"[{cell['ci'][0]:+.1f}, {cell['ci'][1]:+.1f}]"
+        bold = "**" if key in ("avg", "non_en") else ""
+        lines.append(f"| {bold}{names[key]}{bold} | {cell['mean']:+.1f}{se} | {ci} |")
+    return "\n".join(lines), gain

@@ -42,3 +42,14 @@ def test_per_example_sorts_by_id_and_reads_accuracy():
     assert list(ids) == ["a", "b"] and list(values) == [0.0, 100.0]
     with pytest.raises(ValueError, match="repeated"):
         stats.per_example([dict(id="a", f1=1.0), dict(id="a", f1=2.0)], "f1")
+
+
+def test_gain_table_reads_records_and_prints_every_row():
+    records = lambda values: [dict(id=f"q{i}", f1=v) for i, v in enumerate(values)]  # noqa: E731
+    base = {"en": records([0, 10, 20, 30]), "de": records([0, 0, 50, 50])}
+    ours = {"en": records([10, 20, 30, 40]), "de": records([0, 10, 50, 70])}
+    md, gain = stats.gain_table(ours, base, ["en", "de"], "en", "f1", n_resamples=200)
+    assert gain["en"]["mean"] == pytest.approx(10.0) and gain["en"]["se"] == pytest.approx(0.0)
+    assert gain["de"]["mean"] == pytest.approx(7.5)
+    assert gain["non_en"]["mean"] == pytest.approx(7.5) and gain["avg"]["mean"] == pytest.approx(8.75)
+    assert "| en | +10.0 ± 0.0 |" in md and "non-English avg (1)" in md and md.count("\n") == 5
