@@ -35,7 +35,7 @@ class RunConfig:
     train_samples: int | None = None    # None: the whole training source
     eval_languages: list[str] | None = None  # None: every language of the task
     eval_samples: int | None = 1000     # per language; None: all
-    eval_subset: str | None = None      # e.g. held-out articles, see data.py
+    eval_subset: str | None = None      # e.g. held-out articles, see data/
     eval_split: str | None = None       # None: the task's default split (XNLI: test, as the paper)
     prompt_style: str = "paper"
     choice_scoring: str = "loglik"      # choice tasks: loglik (rank options) | generate (greedy, match an option)

@@ -243,7 +243,7 @@ def fitting_ids(task, cfg, tokenizer, languages, length):
     keep, n_candidates = None, 0
     for lang in languages:
         with data.schema_errors(task, cfg.data_dir):
-            examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, seed=cfg.seed)
+            examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, seed=cfg.seed, split=cfg.eval_split)
             contexts = [context for context, _ in scored_texts(task, cfg, examples)]
             sizes = map(len, tokenizer(contexts)["input_ids"]) if contexts else []
         rooms = prompt_rooms(task, cfg, tokenizer, examples, length)
@@ -270,7 +270,7 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
     """
     torch.manual_seed(cfg.seed)  # sampled generation is repeatable per language, resumed or not
     with data.schema_errors(task, cfg.data_dir):
-        examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset,
+        examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, split=cfg.eval_split,
                                       n=cfg.eval_samples if keep_ids is None else None, seed=cfg.seed)
         n_candidates = None
         if keep_ids is not None:
@@ -481,8 +481,6 @@ def _train_sources(cfg):
 
 def _run(cfg, no_base, overwrite):
     task = data.load_task(cfg.task)
-    if cfg.eval_split:
-        task.eval_split = cfg.eval_split
     languages = cfg.eval_languages or list(task.languages)
     data.check_languages(task, languages)
     adapter_dir = cfg.run_dir / "adapter"

@@ -1,4 +1,4 @@
-"""data.py on the real benchmark copies in ../shared/data and on hub-schema fixtures."""
+"""The data package on the real benchmark copies in ../shared/data and on hub-schema fixtures."""
 import json
 import re
 from pathlib import Path
@@ -20,12 +20,6 @@ def shared():
     return SHARED
 
 
-def validation_xnli():
-    task = data.load_task("xnli")
-    task.eval_split = "validation"
-    return task
-
-
 # --- registry ---------------------------------------------------------------------------------
 
 def test_load_task_unknown_name_lists_valid_names():
@@ -42,9 +36,14 @@ def test_task_attributes():
 
 
 def test_load_task_gives_independent_instances():
-    task = data.load_task("xnli")
-    task.eval_split = "validation"
-    assert data.load_task("xnli").eval_split == "test"
+    assert data.load_task("xnli") is not data.load_task("xnli")
+
+
+def test_eval_split_is_checked():
+    with pytest.raises(ValueError, match="xquad: unknown eval split 'test'.*validation"):
+        data.load_task("xquad").eval_examples("en", split="test")
+    with pytest.raises(ValueError, match="belebele: unknown eval split 'validation'"):
+        data.load_task("belebele").eval_examples("eng_Latn", split="validation")
 
 
 def test_languages_metadata_covers_every_task_language():
@@ -64,22 +63,22 @@ def test_check_languages():
 # --- XNLI -------------------------------------------------------------------------------------
 
 def test_xnli_validation_counts_and_parallel_premises(shared):
-    task = validation_xnli()
-    english = task.eval_examples("en", shared)
+    task = data.load_task("xnli")
+    english = task.eval_examples("en", shared, split="validation")
     assert len(english) == 2490
     assert english[0]["id"] == "xnli-validation-00000" and english[0]["label"] == 1
     # 830 premises x 3 hypotheses, in blocks of three rows
     assert len({ex["premise"] for ex in english}) == 830
     assert all(english[i]["premise"] == english[i - i % 3]["premise"] for i in range(2490))
     for lang in ("de", "zh", "ur"):
-        rows = task.eval_examples(lang, shared)
+        rows = task.eval_examples(lang, shared, split="validation")
         assert len(rows) == 2490
         assert [ex["label"] for ex in rows] == [ex["label"] for ex in english]
         assert all(rows[i]["premise"] == rows[i - i % 3]["premise"] for i in range(2490))
 
 
 def test_xnli_heldout_never_tests_a_trained_premise(shared):
-    task = validation_xnli()
+    task = data.load_task("xnli")
     train = task.train_examples(shared, source="xnli_en_validation")
     heldout_en = task.eval_examples("en", shared, subset="heldout")
     assert len(train) == len(heldout_en) == 1245
@@ -103,7 +102,7 @@ def test_xnli_local_test_split_missing_names_path_and_layout(shared):
 
 
 def test_xnli_unknown_language_and_subset(shared):
-    task = validation_xnli()
+    task = data.load_task("xnli")
     with pytest.raises(ValueError, match="no language 'ro'"):
         task.eval_examples("ro", shared)
     with pytest.raises(ValueError, match="unknown eval subset"):
@@ -113,20 +112,20 @@ def test_xnli_unknown_language_and_subset(shared):
 
 
 def test_xnli_sampling_is_deterministic_and_ordered(shared):
-    task = validation_xnli()
-    a = task.eval_examples("fr", shared, n=100, seed=3)
-    b = task.eval_examples("fr", shared, n=100, seed=3)
-    c = task.eval_examples("fr", shared, n=100, seed=4)
+    task = data.load_task("xnli")
+    a = task.eval_examples("fr", shared, n=100, seed=3, split="validation")
+    b = task.eval_examples("fr", shared, n=100, seed=3, split="validation")
+    c = task.eval_examples("fr", shared, n=100, seed=4, split="validation")
     assert a == b and len(a) == 100 and a != c
     ids = [ex["id"] for ex in a]
     assert ids == sorted(ids)
     # the same seed picks the same parallel rows in every language
-    assert ids == [ex["id"] for ex in task.eval_examples("th", shared, n=100, seed=3)]
+    assert ids == [ex["id"] for ex in task.eval_examples("th", shared, n=100, seed=3, split="validation")]
 
 
 def test_xnli_paper_prompt_choices_and_target(shared):
-    task = validation_xnli()
-    ex = task.eval_examples("en", shared)[0]
+    task = data.load_task("xnli")
+    ex = task.eval_examples("en", shared, split="validation")[0]
     assert task.prompt(ex) == (
         "Premise: And he said, Mama, I'm home.\n"
         "Hypothesis: He called his mom as soon as the school bus dropped him off.\n"
@@ -152,7 +151,7 @@ def test_multi_nli_hub_path_samples_100k_by_default(monkeypatch):
         calls.append((path, config, split))
         return [dict(premise=f"p{i}", hypothesis=f"h{i}", label=i % 3, pairID=f"{i}e") for i in range(100_010)]
 
-    monkeypatch.setattr(data, "_hub", fake_hub)
+    monkeypatch.setattr(data.xnli, "_hub", fake_hub)
     rows = data.load_task("xnli").train_examples()
     assert calls == [("nyu-mll/multi_nli", None, "train")]
     assert len(rows) == 100_000 and rows[0]["id"] == "0e"
@@ -192,7 +191,7 @@ def test_xquad_hub_rows_get_article_indices(shared, monkeypatch):
     local = data._squad_rows(doc)
     hub_rows = [dict(id=r["id"], context=r["context"], question=r["question"],
                      answers=dict(text=r["answers"], answer_start=r["answer_starts"])) for r in local]
-    monkeypatch.setattr(data, "_hub", lambda path, config, split: hub_rows)
+    monkeypatch.setattr(data.xquad, "_hub", lambda path, config, split: hub_rows)
     rows = data.load_task("xquad").eval_examples("de", subset="articles_32_47")
     assert [r["id"] for r in rows] == [r["id"] for r in local if r["article"] >= 32]
     assert rows[0]["answers"] == [r for r in local if r["article"] >= 32][0]["answers"]
@@ -301,8 +300,8 @@ def test_file_sha256(tmp_path):
 # --- harness prompt style -----------------------------------------------------------------------
 
 def test_xnli_harness_prompt_in_german(shared):
-    task = validation_xnli()
-    ex = task.eval_examples("de", shared)[0]
+    task = data.load_task("xnli")
+    ex = task.eval_examples("de", shared, split="validation")[0]
     assert task.prompt(ex, "harness") == ex["premise"] + ", richtig?"
     assert task.choices(ex, "harness") == [f" {w}, {ex['hypothesis']}" for w in ("Ja", "Auch", "Nein")]
     assert task.target(ex, "harness") == f" Auch, {ex['hypothesis']}"  # label 1: neutral
@@ -384,7 +383,7 @@ def test_belebele_train_fixture_and_bad_rows(tmp_path):
 
 def test_belebele_hub_training_set_from_race_and_sciq(monkeypatch):
     hub = {("ehovy/race", "all"): "race_all_train.jsonl", ("allenai/sciq", None): "sciq_train.jsonl"}
-    monkeypatch.setattr(data, "_hub", lambda path, config, split: data._read_jsonl(FIXTURES / "hub" / hub[path, config]))
+    monkeypatch.setattr(data.belebele, "_hub", lambda path, config, split: data._read_jsonl(FIXTURES / "hub" / hub[path, config]))
     rows = data.load_task("belebele").train_examples(source="race_sciq")
     assert len(rows) == 4 and [r["source"] for r in rows] == ["race", "race", "sciq", "sciq"]
     race, sciq = rows[0], rows[2]
@@ -403,7 +402,7 @@ def test_belebele_race_sciq_reads_a_local_copy_in_the_hub_schema(tmp_path):
 
 def test_belebele_paper_set_without_its_file_is_an_error_not_a_smaller_set(tmp_path, monkeypatch):
     """The paper's six-source set cannot come from the hub: no silent RACE + SciQ in its place."""
-    monkeypatch.setattr(data, "_hub", lambda *a: pytest.fail("the hub must not be read"))
+    monkeypatch.setattr(data.belebele, "_hub", lambda *a: pytest.fail("the hub must not be read"))
     task = data.load_task("belebele")
     for data_dir in (None, tmp_path):
         with pytest.raises(ValueError, match="six-source.*train_source: race_sciq"):
@@ -479,7 +478,7 @@ def test_mgsm_hub_rows(monkeypatch):
             return [dict(question="Question: q", answer="Step-by-Step Answer: a. The answer is 1.", answer_number=1)] * 8
         return [dict(question="How many?", answer=None, answer_number=5, equation_solution=None)]
 
-    monkeypatch.setattr(data, "_hub", fake_hub)
+    monkeypatch.setattr(data.mgsm, "_hub", fake_hub)
     rows = data.load_task("mgsm").eval_examples("en")
     assert sorted(calls) == [("juletxara/mgsm", "en", "test"), ("juletxara/mgsm", "en", "train")]
     assert rows[0]["answer_number"] == 5.0 and len(rows[0]["exemplars"]) == 8

@@ -239,10 +239,8 @@ def ours_and_harness(smollm2, task_manager, shared_data, task_name, lang, n, har
                       eval_split="validation" if task_name == "xnli" else None, eval_samples=n,
                       prompt_style="harness", eval_batch_size=8)
     task = data.load_task(task_name)
-    if cfg.eval_split:
-        task.eval_split = cfg.eval_split
     ours = evaluate.evaluate_language(*smollm2, task, cfg, lang, "cpu", keep_ids)["predictions"]
-    every = [ex["id"] for ex in task.eval_examples(lang, cfg.data_dir)]
+    every = [ex["id"] for ex in task.eval_examples(lang, cfg.data_dir, split=cfg.eval_split)]
     rows = [every.index(p["id"]) for p in ours]
     lm = HFLM(pretrained=models.resolve("smollm2-135m"), device="cpu", dtype="float32", batch_size=8)
     config = harness_config(task_manager, harness_task, data_files, tmp_path, training_split=None)
