@@ -77,6 +77,12 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
+    @property
+    def adapter_config(self):
+        """The run's adapters.AdapterConfig: its fields of the same names."""
+        from adapters import AdapterConfig  # adapters imports torch and transformers; config stays light
+        return AdapterConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AdapterConfig)})
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 CHOICES = {

@@ -317,8 +317,7 @@ def _train(cfg: C.RunConfig, resume, overwrite):
     model, tokenizer = models.load_model(cfg.model, dtype=torch.float32 if master_weights else dtype,
                                          device="cpu" if fsdp else device, trust_remote_code=cfg.trust_remote_code)
     autocast = torch.autocast(device.type, dtype=dtype) if master_weights else contextlib.nullcontext()
-    adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
-                    lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend=cfg.attn_backend, seed=cfg.seed)
+    adapters.attach(model, cfg.adapter_config, attn_backend=cfg.attn_backend, seed=cfg.seed)
     if cfg.gradient_checkpointing:
         adapters.set_gradient_checkpointing(model)
     n_trainable = adapters.count_trainable(model)
@@ -462,8 +461,7 @@ def dry_run(cfg: C.RunConfig):
     """Build the model on the meta device and report the trainable parameter count."""
     print(C.to_json(cfg))
     model = models.meta_model(cfg.model)
-    adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
-                    lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend="torch")
+    adapters.attach(model, cfg.adapter_config, attn_backend="torch")
     print(f"trainable params: {adapters.count_trainable(model):,}")
 
 
