@@ -316,27 +316,19 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
     return dict(language=lang, n=len(records), metrics=metrics, truncation=truncation, predictions=records)
 
 
-# What a language's result depends on. A cached result is reused only when all of these (and the
-# adapter's hash, and the languages a "subset" must fit) match; batch size and attention backend
-# change speed, not the answer (a sample is drawn per prompt, whatever the batch).
-EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples", "prompt_style", "max_length",
-                 "eval_fit", "choice_scoring", "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
-# What a result written before a setting existed was made with, where that is not the setting's
-# default: before eval_fit, prompts were cut unrecorded (and choices cut per option, samples seeded
-# per batch), which no value of today reproduces.
-BEFORE = {"eval_fit": "cut, unrecorded"}
-
-
 def changed_settings(path, extra):
-    """{setting: (cached, now)} where the cached result at `path` differs from this evaluation."""
+    """{setting: (cached, now)} where the cached result at `path` differs from this evaluation: a
+    language's result depends on config.EVAL_SETTINGS (RunConfig's fields made with eval_setting),
+    the adapter's hash, and the languages a "subset" must fit."""
     try:
         cached = json.loads(path.read_text())
-        # a setting added after a result was written reads as what it was made with: BEFORE, else the default
-        then = dict({k: cached["config"].get(k, BEFORE.get(k, C.FIELDS[k].default)) for k in EVAL_SETTINGS},
+        # a setting added after a result was written reads as what it was made with: its "before", else its default
+        then = dict({k: cached["config"].get(k, C.FIELDS[k].metadata.get("before", C.FIELDS[k].default))
+                     for k in C.EVAL_SETTINGS},
                     adapter_sha256=cached.get("adapter_sha256"), fit_languages=cached.get("fit_languages"))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
         return {"file": ("unreadable or without its settings", "-")}
-    now = dict({k: extra["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
+    now = dict({k: extra["config"][k] for k in C.EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
                fit_languages=extra.get("fit_languages"))
     return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
 
@@ -495,7 +487,7 @@ def _run(cfg, no_base, overwrite):
     device = rank_device or device
     model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
-    # a subset depends on the languages it must fit in, which are not among EVAL_SETTINGS
+    # a subset depends on the languages it must fit in, which are not among config.EVAL_SETTINGS
     meta = dict(C.provenance(cfg), fit_languages=languages if cfg.eval_fit == "subset" else None)
     rows_extra = {}
     if not no_base or cfg.method == "base":
