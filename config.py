@@ -245,10 +245,10 @@ def _parse_value(text: str, tp):
 
 
 def add_override_args(parser: argparse.ArgumentParser):
-    group = parser.add_argument_group("overrides of the run's fields")
+    overrides = parser.add_argument_group("overrides of the run's fields")
     for name in FIELDS:
         if name != "name":
-            group.add_argument(f"--{name}", dest=f"override_{name}", metavar="VALUE", default=None)
+            overrides.add_argument(f"--{name}", dest=f"override_{name}", metavar="VALUE", default=None)
 
 
 def overrides_from_args(args) -> dict:

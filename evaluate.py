@@ -35,7 +35,8 @@ import data
 import models
 import runlock
 import share
-from train import Curves, init_distributed, script_args
+from distributed import gather, init_distributed, is_rank0, my_batches, script_args
+from train import Curves
 
 
 def _halve_on_oom(batch_size, n_in_batch):
@@ -48,35 +49,9 @@ def _halve_on_oom(batch_size, n_in_batch):
     return n_in_batch // 2
 
 
-def _my_batches(order, batch_size):
-    """The batches of `order` that this process computes: all of them, or under torchrun every
-    world_size-th one. Each batch is the one a single process forms, so its results are too."""
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return batches[dist.get_rank()::dist.get_world_size()] if dist.is_initialized() else batches
-
-
-def _is_rank0():
-    """Whether this process writes and prints: the only one, or torchrun's rank 0."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def _rebatch(batches, batch_size):
     """`batches` cut to at most batch_size each (after running out of memory)."""
     return [b[i:i + batch_size] for b in batches for i in range(0, len(b), batch_size)]
-
-
-def _gather(values):
-    """Under torchrun, every rank's results merged: each rank's list (nested lists allowed) holds
-    None where another rank computed the entry. Without torchrun, `values` as they are."""
-    if not dist.is_initialized():
-        return values
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, values)
-    def merge(entries):
-        if isinstance(entries[0], list):
-            return [merge(list(e)) for e in zip(*entries)]
-        return next((e for e in entries if e is not None), None)
-    return merge(parts)
 
 
 @torch.no_grad()
@@ -96,7 +71,7 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_
             pairs += [(i, j, context, c) for j, c in enumerate(cs)]
     order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
     scores = [[None] * len(cs) for cs in choices]
-    batches = _my_batches(order, batch_size)
+    batches = my_batches(order, batch_size)
     while batches:
         chunk = [pairs[k] for k in batches[0]]
         length = max(len(p) + len(c) for _, _, p, c in chunk)
@@ -122,7 +97,7 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_
             logits = model.lm_head(hidden[row, len(p) - 1:len(p) + len(c) - 1]).float()
             scores[i][j] = F.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=device)[:, None]).sum().item()
         batches.pop(0)
-    return _gather(scores)
+    return gather(scores)
 
 
 class _RowSampler(LogitsProcessor):
@@ -162,7 +137,7 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs = [None] * len(prompts)
     base_seed = torch.randint(2**40, ()).item() if do_sample else None
-    batches = _my_batches(order, batch_size)
+    batches = my_batches(order, batch_size)
     while batches:
         idx = batches[0]
         sampling = {}
@@ -192,7 +167,7 @@ def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop
                 text = text.split(s)[0]
             outputs[i] = text
         batches.pop(0)
-    return _gather(outputs)
+    return gather(outputs)
 
 
 def eval_length(cfg, model):
@@ -254,7 +229,7 @@ def fitting_ids(task, cfg, tokenizer, languages, length):
         raise ValueError(f"eval_fit 'subset': no {task.name} example fits max_length {length} with its answer in "
                          f"every one of {', '.join(languages)}; raise max_length, evaluate fewer languages, or set "
                          f"eval_fit to 'whole' or 'cut'")
-    if _is_rank0():
+    if is_rank0():
         scored = min(len(keep), cfg.eval_samples or len(keep))
         tqdm.write(f"eval_fit subset: {len(keep)} of {n_candidates} {task.name} examples fit {length} tokens in all "
                    f"{len(languages)} languages; {scored} scored in each"
@@ -345,7 +320,7 @@ def check_cached(cfg, rows_extra, languages, overwrite):
     if stale and not overwrite:
         raise ValueError(f"{len(stale)} cached result(s) were computed with other settings; pass --overwrite to "
                          f"evaluate them again:\n  " + "\n  ".join(stale))
-    if _is_rank0():
+    if is_rank0():
         for line in stale:
             print(f"re-evaluating {line}")
 
@@ -354,7 +329,7 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, kee
     """Evaluate one model (row of the table) in every language, resuming finished languages whose
     settings match (check_cached has refused or approved the others); warn of every cut prompt."""
     results = {}
-    for lang in tqdm(languages, desc=f"eval {row}", disable=not _is_rank0()):
+    for lang in tqdm(languages, desc=f"eval {row}", disable=not is_rank0()):
         path = cfg.run_dir / "eval" / row / f"{lang}.json"
         if path.is_file() and not changed_settings(path, extra):
             results[lang] = json.loads(path.read_text())
@@ -363,7 +338,7 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, kee
         result = evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids)
         result.update(seconds=time.time() - start, **extra)
         results[lang] = result
-        if _is_rank0():  # every rank has the gathered result; one writes it
+        if is_rank0():  # every rank has the gathered result; one writes it
             C.write_json_atomic(path, result)
             tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
             if curves:  # report_to: tensorboard / wandb
@@ -420,13 +395,14 @@ def main(argv=None):
     parser.add_argument("--no-base", action="store_true", help="skip the untrained base model's row")
     parser.add_argument("--overwrite", action="store_true",
                         help="re-evaluate cached languages whose settings or adapter changed")
-    group = parser.add_argument_group("lm-evaluation-harness (pip install lm-eval; see harness.py)")
-    group.add_argument("--harness", metavar="TASKS",
-                       help="comma-separated harness tasks, groups or tags, run instead of the run's own task")
-    group.add_argument("--harness-limit", type=float, metavar="N",
-                       help="the first N documents of each task (a fraction of them if below 1)")
-    group.add_argument("--harness-fewshot", type=int, metavar="N", help="few-shot examples (default: each task's)")
-    group.add_argument("--harness-include", metavar="DIR", help="a folder of extra task YAMLs")
+    harness_args = parser.add_argument_group("lm-evaluation-harness (pip install lm-eval; see harness.py)")
+    harness_args.add_argument("--harness", metavar="TASKS",
+                              help="comma-separated harness tasks, groups or tags, run instead of the run's own task")
+    harness_args.add_argument("--harness-limit", type=float, metavar="N",
+                              help="the first N documents of each task (a fraction of them if below 1)")
+    harness_args.add_argument("--harness-fewshot", type=int, metavar="N",
+                              help="few-shot examples (default: each task's)")
+    harness_args.add_argument("--harness-include", metavar="DIR", help="a folder of extra task YAMLs")
     C.add_override_args(parser)
     args = parser.parse_args(script_args(argv))
     try:
