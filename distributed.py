@@ -1,6 +1,6 @@
 """torchrun's processes, for train.py and evaluate.py: the process group, the frozen base sharded
-with FSDP2, one all-reduce per training step, and evaluation batches dealt out to the ranks and
-gathered again.
+with FSDP2, one all-reduce per training step, and evaluation batches dealt out to the ranks,
+halved on running out of GPU memory and gathered again.
 
 Without torchrun every helper is the single-process case: one rank, all the batches, nothing to
 reduce or gather.
@@ -10,6 +10,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 def script_args(argv=None):
@@ -96,14 +97,45 @@ def my_batches(order, batch_size):
 
 
 def gather(values):
-    """Under torchrun, every rank's results merged: each rank's list (nested lists allowed) holds
-    None where another rank computed the entry. Without torchrun, `values` as they are."""
+    """Under torchrun, every rank's results merged: each rank's list holds None where another rank
+    computed the entry. Without torchrun, `values` as they are."""
     if not dist.is_initialized():
         return values
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, values)
-    def merge(entries):
-        if isinstance(entries[0], list):
-            return [merge(list(e)) for e in zip(*entries)]
-        return next((e for e in entries if e is not None), None)
-    return merge(parts)
+    return [next((v for v in entries if v is not None), None) for entries in zip(*parts)]
+
+
+def _halve_on_oom(batch_size, n_in_batch):
+    """The batch size to retry with after running out of GPU memory on `n_in_batch` rows."""
+    if n_in_batch <= 1:
+        raise SystemExit("out of GPU memory with a batch of 1; use a smaller max_length or a larger GPU")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    tqdm.write(f"out of GPU memory with a batch of {n_in_batch}; continuing with {n_in_batch // 2}")
+    return n_in_batch // 2
+
+
+def map_batches(compute, order, batch_size):
+    """compute(batch) over this process's batches of `order` (my_batches), halving the batch size
+    after running out of GPU memory; returns the result of every index, gathered from all ranks.
+
+    Args:
+        compute: takes a list of indices, returns one result (not None) per index.
+        order: a permutation of range(n): the order in which indices are batched.
+    Returns a list of n results, the i-th computed for index i.
+    """
+    results = [None] * len(order)
+    batches = my_batches(order, batch_size)
+    while batches:
+        try:
+            out = compute(batches[0])
+        except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
+            out = None
+        if out is None:  # retry outside the except block, so the failed batch's tensors are freed first
+            batch_size = _halve_on_oom(batch_size, len(batches[0]))
+            batches = [b[i:i + batch_size] for b in batches for i in range(0, len(b), batch_size)]
+            continue
+        for index, result in zip(batches.pop(0), out):
+            results[index] = result
+    return gather(results)

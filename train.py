@@ -56,17 +56,17 @@ def answer_loss(model, input_ids, attention_mask, labels):
     return F.cross_entropy(logits.float(), targets[keep])
 
 
-def collate(features, pad_id):
-    """Right-pad (input_ids, labels) pairs into tensors."""
-    length = max(len(ids) for ids, _ in features)
-    input_ids = torch.full((len(features), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), length), -100, dtype=torch.long)
-    mask = torch.zeros((len(features), length), dtype=torch.long)
-    for i, (ids, lab) in enumerate(features):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        mask[i, :len(ids)] = 1
-    return input_ids, mask, labels
+def pad_batch(rows, pad_id, *, left=False):
+    """Token id lists padded into (ids, attention mask), both (B, T) long tensors. Right padding,
+    or with left=True left padding, which ends every row at the last column (for generation)."""
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        columns = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, columns] = torch.tensor(row)
+        mask[i, columns] = 1
+    return ids, mask
 
 
 def batch_order(n_examples, batch_size, epoch, seed):
@@ -334,7 +334,9 @@ def accumulate_gradients(model, batches, features, *, where: Placement, global_b
         # runs one example, weighted 0, because fsdp's all-gathers need every rank in every forward
         rank_part = batch[where.rank * per_rank:(where.rank + 1) * per_rank]
         rows = [features[i] for i in rank_part or batch[:1]]
-        ids, mask, labels = (t.to(where.device) for t in collate(rows, pad_id))
+        ids, mask = pad_batch([ids for ids, _ in rows], pad_id)
+        labels, _ = pad_batch([labels for _, labels in rows], -100)  # as long as their ids (data.training_features)
+        ids, mask, labels = ids.to(where.device), mask.to(where.device), labels.to(where.device)
         with where.autocast():
             loss = answer_loss(model, ids, mask, labels)
         # weight each batch by its answer tokens over the whole step's (all ranks'): accumulation and
