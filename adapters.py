@@ -2,6 +2,7 @@
 
     model = AutoModelForCausalLM.from_pretrained(...)
     adapters.attach(model, "prefix", n_prefix_tokens=10, n_adapted_layers=30)
+    # or whole: adapters.attach(model, AdapterConfig("prefix", n_prefix_tokens=10)); a run's is cfg.adapter_config
     ... train ...
     adapters.save_adapter(model, "out/adapter")
 
@@ -23,9 +24,11 @@ attention interface under the name "xprefix". That function runs plain PyTorch m
 `attn_backend="triton"`, our fused kernel (kernels/). Soft prompts use forward hooks on the
 decoder stack, so generation with a KV cache works unchanged.
 """
+import dataclasses
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,6 +44,32 @@ METHODS = ("base", "soft_prompt", "prefix", "adapter", "lora", "full")
 PREFIX_METHODS = ("prefix", "adapter")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
 BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What an adapter is, apart from its weights: attach takes it whole, the model keeps it as
+    `model.xprefix_config` (n_adapted_layers resolved), and save_adapter writes it verbatim as the first
+    keys of adapter_config.json (as litgpt's Config and PEFT's per-method configs). A run's is
+    config.RunConfig.adapter_config: the run's fields of these names.
+
+    A field added later needs metadata={"optional": True} (with its default): older adapter folders
+    lack it, and read_adapter_config requires every other field.
+    """
+    method: str                          # METHODS
+    n_prefix_tokens: int = 10            # prefix / soft prompt length (paper: 10)
+    n_adapted_layers: int | None = None  # prefix methods adapt the last L layers; None: min(30, all) (paper: 30 of 32)
+    lora_rank: int = 4                   # LoRA's r
+    lora_alpha: float = 8.0              # LoRA's alpha: the update is scaled by alpha / r
+
+    @classmethod
+    def required_keys(cls):
+        return {f.name for f in dataclasses.fields(cls) if not f.metadata.get("optional")}
+
+    @classmethod
+    def from_saved(cls, saved: dict):
+        """The AdapterConfig of adapter_config.json's mapping (which read_adapter_config has checked)."""
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
 
 
 class PrefixState(nn.Module):
@@ -316,39 +345,40 @@ def _prefix_inits(model, n_tokens, generator):
         return [layer.input_layernorm(h[:, 0]).float() for layer, h in zip(layers, hidden)]
 
 
-def attach(model, method, *, n_prefix_tokens=10, n_adapted_layers=None, lora_rank=4, lora_alpha=8.0,
-           attn_backend="auto", seed=0):
-    """Attach `method` to a Hugging Face LlamaForCausalLM / MistralForCausalLM / Gemma3ForCausalLM in place.
+def attach(model, method, *, attn_backend="auto", seed=0, **settings):
+    """Attach an adapter to a Hugging Face LlamaForCausalLM / MistralForCausalLM / Gemma3ForCausalLM in place.
 
     Args:
-        method: one of METHODS.
-        n_prefix_tokens: prefix / soft prompt length (paper: 10).
-        n_adapted_layers: prefix methods adapt the last L layers; None = min(30, all) (paper: 30 of 32).
-        lora_rank, lora_alpha: LoRA's r and alpha (scaling alpha / r).
+        method: an AdapterConfig; or one of METHODS, with AdapterConfig's other fields as keywords
+            (`attach(model, "lora", lora_rank=8)`).
         attn_backend: "torch", "triton" (our fused kernel, CUDA), or "auto" (triton on CUDA).
         seed: seeds the prefix / prompt initialisation.
     Returns the model, with only the method's parameters trainable.
     """
+    if settings and isinstance(method, AdapterConfig):
+        raise TypeError(f"attach takes an AdapterConfig or a method name with settings, not both: {sorted(settings)}")
+    config = method if isinstance(method, AdapterConfig) else AdapterConfig(method, **settings)
+    layers = _decoder(model).layers
+    n_layers = len(layers)
+    if config.n_adapted_layers is None:
+        config = dataclasses.replace(config, n_adapted_layers=min(30, n_layers))
+    method, n_prefix_tokens, n_adapted_layers = config.method, config.n_prefix_tokens, config.n_adapted_layers
     errors = []
     if method not in METHODS:
         errors.append(f"method {method!r} is not one of {', '.join(METHODS)}")
     if attn_backend not in BACKENDS:
         errors.append(f"attn_backend {attn_backend!r} is not one of {', '.join(BACKENDS)}")
-    layers = _decoder(model).layers
-    n_layers = len(layers)
-    if n_adapted_layers is None:
-        n_adapted_layers = min(30, n_layers)
     if method in PREFIX_METHODS + ("soft_prompt",) and not (isinstance(n_prefix_tokens, int) and n_prefix_tokens > 0):
         errors.append(f"n_prefix_tokens must be a positive integer, got {n_prefix_tokens!r}")
     if method in PREFIX_METHODS and not (isinstance(n_adapted_layers, int) and 0 < n_adapted_layers <= n_layers):
         errors.append(f"n_adapted_layers must be in 1..{n_layers} (the model has {n_layers} layers), "
                       f"got {n_adapted_layers!r}")
-    if method == "lora" and not (isinstance(lora_rank, int) and lora_rank > 0):
-        errors.append(f"lora_rank must be a positive integer, got {lora_rank!r}")
+    if method == "lora" and not (isinstance(config.lora_rank, int) and config.lora_rank > 0):
+        errors.append(f"lora_rank must be a positive integer, got {config.lora_rank!r}")
     if errors:
         raise ValueError("; ".join(errors))
     if getattr(model, "xprefix_config", None):
-        raise ValueError(f"model already has a {model.xprefix_config['method']!r} adapter attached")
+        raise ValueError(f"model already has a {model.xprefix_config.method!r} adapter attached")
 
     generator = torch.Generator().manual_seed(seed)
     model.requires_grad_(method == "full")
@@ -372,11 +402,10 @@ def attach(model, method, *, n_prefix_tokens=10, n_adapted_layers=None, lora_ran
     elif method == "lora":
         for layer in layers:
             for name in LORA_TARGETS:
-                lora = LoRALinear(getattr(layer.self_attn, name), lora_rank, lora_alpha)
+                lora = LoRALinear(getattr(layer.self_attn, name), config.lora_rank, config.lora_alpha)
                 setattr(layer.self_attn, name, lora)
     set_attn_backend(model, attn_backend)
-    model.xprefix_config = dict(method=method, n_prefix_tokens=n_prefix_tokens, n_adapted_layers=n_adapted_layers,
-                                lora_rank=lora_rank, lora_alpha=lora_alpha)
+    model.xprefix_config = config
     return model
 
 
@@ -459,7 +488,7 @@ def save_adapter(model, path, extra=None, push_to_hub=None):
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
-    config = dict(model.xprefix_config, model=_shape_signature(model), **(extra or {}))
+    config = dict(dataclasses.asdict(model.xprefix_config), model=_shape_signature(model), **(extra or {}))
     _write_atomic(path / "adapter.safetensors", tensors=tensors)
     _write_atomic(path / "adapter_config.json", json.dumps(config, indent=2))
     import share  # the card and the upload live there; share imports this module
@@ -482,7 +511,7 @@ def read_adapter_config(model, path, method=None):
         raise ValueError(f"{path} holds no adapter (expected adapter_config.json and adapter.safetensors)")
     try:
         config = json.loads((path / "adapter_config.json").read_text())
-        missing = {"model", "method", "n_prefix_tokens", "n_adapted_layers", "lora_rank", "lora_alpha"} - set(config)
+        missing = {"model", *AdapterConfig.required_keys()} - set(config)
         if missing:
             raise KeyError(", ".join(sorted(missing)))
         want, saved_method = config["model"], config["method"]
@@ -527,9 +556,7 @@ def load_adapter(model, path, attn_backend="auto", method=None):
     path = _local_or_hub(path)
     config = read_adapter_config(model, path, method)
     tensors = _read_tensors(path)  # before attaching, so a corrupt file leaves the model untouched
-    attach(model, config["method"], n_prefix_tokens=config["n_prefix_tokens"],
-           n_adapted_layers=config["n_adapted_layers"], lora_rank=config["lora_rank"],
-           lora_alpha=config["lora_alpha"], attn_backend=attn_backend)
+    attach(model, AdapterConfig.from_saved(config), attn_backend=attn_backend)
     return _copy_tensors(model, tensors, path)
 
 

@@ -19,26 +19,35 @@ ROOT = Path(__file__).resolve().parent
 RUNS_FILE = ROOT / "runs.yaml"
 
 
+def eval_setting(default=dataclasses.MISSING, **metadata):
+    """A field a language's evaluation result depends on: evaluate.py reuses a cached result only
+    where every such field (and the adapter's hash) matches. `before`: what a result written before
+    the field existed was made with, where that is not its default."""
+    return field(default=default, metadata=dict(eval_setting=True, **metadata))
+
+
 @dataclass
 class RunConfig:
+    # fields made with eval_setting key evaluate.py's cached results; batch sizes and the attention
+    # backend change speed, not the answer (a sample is drawn per prompt, whatever the batch)
     name: str
-    model: str                          # models.MODELS name or a local HF model folder
+    model: str = eval_setting()         # models.MODELS name or a local HF model folder
     method: str                         # adapters.METHODS
-    task: str                           # data.TASKS
+    task: str = eval_setting()          # data.TASKS
     n_prefix_tokens: int = 10
     n_adapted_layers: int | None = None  # None: last min(30, all) layers
     lora_rank: int = 4
     lora_alpha: float = 8.0
     attn_backend: str = "auto"          # torch | triton | auto (triton on CUDA)
-    data_dir: str | None = None         # None: the Hugging Face hub; else local copies in hub layout
+    data_dir: str | None = eval_setting(None)  # None: the Hugging Face hub; else local copies in hub layout
     train_source: str | None = None     # task's default English training set, or a named alternative
     train_samples: int | None = None    # None: the whole training source
     eval_languages: list[str] | None = None  # None: every language of the task
-    eval_samples: int | None = 1000     # per language; None: all
-    eval_subset: str | None = None      # e.g. held-out articles, see data/
-    eval_split: str | None = None       # None: the task's default split (XNLI: test, as the paper)
-    prompt_style: str = "paper"
-    choice_scoring: str = "loglik"      # choice tasks: loglik (rank options) | generate (greedy, match an option)
+    eval_samples: int | None = eval_setting(1000)  # per language; None: all
+    eval_subset: str | None = eval_setting(None)   # e.g. held-out articles, see data/
+    eval_split: str | None = eval_setting(None)    # None: the task's default split (XNLI: test, as the paper)
+    prompt_style: str = eval_setting("paper")
+    choice_scoring: str = eval_setting("loglik")  # choice tasks: loglik (rank options) | generate (match an option)
     lr: float = 3e-3
     epochs: float = 2.0
     max_steps: int | None = None        # stop early (smoke tests, demos)
@@ -48,19 +57,21 @@ class RunConfig:
     batch_size: int = 8
     grad_accum: int = 1
     eval_batch_size: int = 8
-    max_length: int = 1024
+    max_length: int = eval_setting(1024)
     # how evaluation meets max_length: "whole" keeps every prompt whole (max_length bounds training
     # only; the model's context window still cuts, counted and warned); "subset" scores only the
     # examples whose prompt and answer fit max_length in every evaluated language (the same ids in
     # each, so languages stay comparable: for CPU-sized runs); "cut" cuts prompts from the left as
-    # training does, counted per language (and lost XQuAD answers, MGSM exemplars) and warned about
-    eval_fit: str = "whole"
-    max_new_tokens: int | None = None   # None: the task's default
-    do_sample: bool | None = None       # None: the task's default (sampling for XQuAD, as the paper)
-    temperature: float = 0.1
-    top_p: float = 0.75
-    dtype: str = "auto"                 # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
-    seed: int = 0
+    # training does, counted per language (and lost XQuAD answers, MGSM exemplars) and warned about.
+    # Before eval_fit, prompts were cut unrecorded (and choices cut per option, samples seeded per
+    # batch), which no value of today reproduces.
+    eval_fit: str = eval_setting("whole", before="cut, unrecorded")
+    max_new_tokens: int | None = eval_setting(None)  # None: the task's default
+    do_sample: bool | None = eval_setting(None)  # None: the task's default (sampling for XQuAD, as the paper)
+    temperature: float = eval_setting(0.1)
+    top_p: float = eval_setting(0.75)
+    dtype: str = eval_setting("auto")  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    seed: int = eval_setting(0)
     save_every: int = 200               # checkpoint every N optimizer steps
     skip_nonfinite: bool = False        # skip (and log) a step with non-finite loss or gradients; else stop
     gradient_checkpointing: bool = False  # recompute layer activations in the backward: less memory, ~1 more forward
@@ -77,8 +88,15 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
+    @property
+    def adapter_config(self):
+        """The run's adapters.AdapterConfig: its fields of the same names."""
+        from adapters import AdapterConfig  # adapters imports torch and transformers; config stays light
+        return AdapterConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AdapterConfig)})
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+EVAL_SETTINGS = tuple(name for name, f in FIELDS.items() if f.metadata.get("eval_setting"))
 CHOICES = {
     "method": ("base", "soft_prompt", "prefix", "adapter", "lora", "full"),
     "attn_backend": ("auto", "torch", "triton"),
@@ -227,10 +245,10 @@ def _parse_value(text: str, tp):
 
 
 def add_override_args(parser: argparse.ArgumentParser):
-    group = parser.add_argument_group("overrides of the run's fields")
+    overrides = parser.add_argument_group("overrides of the run's fields")
     for name in FIELDS:
         if name != "name":
-            group.add_argument(f"--{name}", dest=f"override_{name}", metavar="VALUE", default=None)
+            overrides.add_argument(f"--{name}", dest=f"override_{name}", metavar="VALUE", default=None)
 
 
 def overrides_from_args(args) -> dict:

@@ -35,52 +35,12 @@ import data
 import models
 import runlock
 import share
-from train import Curves, init_distributed, script_args
-
-
-def _halve_on_oom(batch_size, n_in_batch):
-    """The batch size to retry with after running out of GPU memory on `n_in_batch` rows."""
-    if n_in_batch <= 1:
-        raise SystemExit("out of GPU memory with a batch of 1; use a smaller max_length or a larger GPU")
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    tqdm.write(f"out of GPU memory with a batch of {n_in_batch}; continuing with {n_in_batch // 2}")
-    return n_in_batch // 2
-
-
-def _my_batches(order, batch_size):
-    """The batches of `order` that this process computes: all of them, or under torchrun every
-    world_size-th one. Each batch is the one a single process forms, so its results are too."""
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return batches[dist.get_rank()::dist.get_world_size()] if dist.is_initialized() else batches
-
-
-def _is_rank0():
-    """Whether this process writes and prints: the only one, or torchrun's rank 0."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _rebatch(batches, batch_size):
-    """`batches` cut to at most batch_size each (after running out of memory)."""
-    return [b[i:i + batch_size] for b in batches for i in range(0, len(b), batch_size)]
-
-
-def _gather(values):
-    """Under torchrun, every rank's results merged: each rank's list (nested lists allowed) holds
-    None where another rank computed the entry. Without torchrun, `values` as they are."""
-    if not dist.is_initialized():
-        return values
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, values)
-    def merge(entries):
-        if isinstance(entries[0], list):
-            return [merge(list(e)) for e in zip(*entries)]
-        return next((e for e in entries if e is not None), None)
-    return merge(parts)
+from distributed import init_distributed, is_rank0, map_batches, script_args
+from train import Curves, pad_batch
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_length=None):
+def choice_logprobs(model, tokenizer, prompts, choices, *, batch_size, device, max_length=None):
     """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. A prompt
     is cut from the left once, to fit max_length with the example's longest choice, so every choice
     of an example is scored after the same text. When every choice of an example is one token
@@ -94,35 +54,30 @@ def choice_logprobs(model, tokenizer, prompts, choices, batch_size, device, max_
             pairs.append((i, None, context, []))
         else:
             pairs += [(i, j, context, c) for j, c in enumerate(cs)]
-    order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
-    scores = [[None] * len(cs) for cs in choices]
-    batches = _my_batches(order, batch_size)
-    while batches:
-        chunk = [pairs[k] for k in batches[0]]
-        length = max(len(p) + len(c) for _, _, p, c in chunk)
-        ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (_, _, p, c) in enumerate(chunk):
-            ids[row, :len(p) + len(c)] = torch.tensor(p + c)
-            mask[row, :len(p) + len(c)] = 1
-        try:
-            hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
-            hidden = None
-        if hidden is None:  # retry outside the except block, so the failed batch's tensors are freed first
-            batch_size = _halve_on_oom(batch_size, len(chunk))
-            batches = _rebatch(batches, batch_size)
-            continue
+
+    def score(batch):  # each pair's choice score; for a pair of all one-token choices, the list of them
+        chunk = [pairs[k] for k in batch]
+        ids, mask = pad_batch([p + c for _, _, p, c in chunk], tokenizer.pad_token_id)
+        hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        out = []
         for row, (i, j, p, c) in enumerate(chunk):
             if j is None:  # each choice is the next token: all scored from the prompt's last position
                 logprobs = F.log_softmax(model.lm_head(hidden[row, len(p) - 1]).float(), -1)
-                scores[i] = [logprobs[cs[0]].item() for cs in encoded[i]]
+                out.append([logprobs[cs[0]].item() for cs in encoded[i]])
                 continue
             # only the choice positions go through the LM head
             logits = model.lm_head(hidden[row, len(p) - 1:len(p) + len(c) - 1]).float()
-            scores[i][j] = F.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=device)[:, None]).sum().item()
-        batches.pop(0)
-    return _gather(scores)
+            out.append(F.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=device)[:, None]).sum().item())
+        return out
+
+    order = sorted(range(len(pairs)), key=lambda k: -len(pairs[k][2]) - len(pairs[k][3]))
+    scores = [[None] * len(cs) for cs in choices]
+    for (i, j, _, _), value in zip(pairs, map_batches(score, order, batch_size)):
+        if j is None:
+            scores[i] = value
+        else:
+            scores[i][j] = value
+    return scores
 
 
 class _RowSampler(LogitsProcessor):
@@ -151,48 +106,36 @@ def _prompt_seed(prompt):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts, batch_size, device, max_new_tokens, stop, do_sample, temperature, top_p,
-             max_length=None):
-    """Batched generation with left padding and a KV cache; returns the new text per prompt.
-    Prompts are cut from the left so prompt and answer fit max_length, as training cuts them.
-    Sampling draws each prompt's tokens from a generator of its own, seeded by one number drawn from
-    the caller's RNG and the prompt's text, so a prompt samples the same in any batch (any
-    eval_batch_size, after halving on out-of-memory, on any rank)."""
+def generate(model, tokenizer, prompts, *, batch_size, device, max_new_tokens, stop=(), do_sample=False,
+             temperature=1.0, top_p=1.0, max_length=None):
+    """Batched generation with left padding and a KV cache; returns the new text per prompt, cut
+    before the first of the `stop` strings. Prompts are cut from the left so prompt and answer fit
+    max_length, as training cuts them. Sampling draws each prompt's tokens from a generator of its
+    own, seeded by one number drawn from the caller's RNG and the prompt's text, so a prompt samples
+    the same in any batch (any eval_batch_size, after halving on out-of-memory, on any rank)."""
     room = max_length and max(max_length - max_new_tokens, 1)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outputs = [None] * len(prompts)
     base_seed = torch.randint(2**40, ()).item() if do_sample else None
-    batches = _my_batches(order, batch_size)
-    while batches:
-        idx = batches[0]
+
+    def continue_batch(batch):
         sampling = {}
         if do_sample:  # greedy over tokens _RowSampler drew
-            generators = [torch.Generator(device).manual_seed(base_seed + _prompt_seed(prompts[i])) for i in idx]
+            generators = [torch.Generator(device).manual_seed(base_seed + _prompt_seed(prompts[i])) for i in batch]
             sampling = dict(logits_processor=LogitsProcessorList([_RowSampler(generators, temperature, top_p)]))
-        encoded = [data.prompt_ids(tokenizer, prompts[i], room) for i in idx]
-        length = max(map(len, encoded))
-        ids = torch.full((len(idx), length), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):  # left padding: every prompt ends at the last column
-            ids[row, length - len(e):] = torch.tensor(e)
-            mask[row, length - len(e):] = 1
-        try:
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, stop_strings=list(stop) or None, tokenizer=tokenizer,
-                                 pad_token_id=tokenizer.pad_token_id, do_sample=False, top_k=None, **sampling)
-        except torch.OutOfMemoryError:
-            out = None
-        if out is None:  # retry outside the except block, so the failed batch's tensors are freed first
-            batch_size = _halve_on_oom(batch_size, len(idx))
-            batches = _rebatch(batches, batch_size)
-            continue
-        for row, i in enumerate(idx):
-            text = tokenizer.decode(out[row, length:], skip_special_tokens=True)
+        ids, mask = pad_batch([data.prompt_ids(tokenizer, prompts[i], room) for i in batch], tokenizer.pad_token_id,
+                              left=True)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             max_new_tokens=max_new_tokens, stop_strings=list(stop) or None, tokenizer=tokenizer,
+                             pad_token_id=tokenizer.pad_token_id, do_sample=False, top_k=None, **sampling)
+        texts = []
+        for row in range(len(batch)):
+            text = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
             for s in stop:  # generation stops after a stop string; the answer is what came before
                 text = text.split(s)[0]
-            outputs[i] = text
-        batches.pop(0)
-    return _gather(outputs)
+            texts.append(text)
+        return texts
+
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    return map_batches(continue_batch, order, batch_size)
 
 
 def eval_length(cfg, model):
@@ -254,7 +197,7 @@ def fitting_ids(task, cfg, tokenizer, languages, length):
         raise ValueError(f"eval_fit 'subset': no {task.name} example fits max_length {length} with its answer in "
                          f"every one of {', '.join(languages)}; raise max_length, evaluate fewer languages, or set "
                          f"eval_fit to 'whole' or 'cut'")
-    if _is_rank0():
+    if is_rank0():
         scored = min(len(keep), cfg.eval_samples or len(keep))
         tqdm.write(f"eval_fit subset: {len(keep)} of {n_candidates} {task.name} examples fit {length} tokens in all "
                    f"{len(languages)} languages; {scored} scored in each"
@@ -288,13 +231,15 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
     if task.kind == "choice":
         if cfg.choice_scoring == "generate":  # a greedy answer, matched to an option by its first word
             choices = [task.choices(ex, cfg.prompt_style) for ex in examples]
-            texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, max_new_tokens,
-                             ("\n",), do_sample, cfg.temperature, cfg.top_p, length)
+            texts = generate(model, tokenizer, prompts, batch_size=cfg.eval_batch_size, device=device,
+                             max_new_tokens=max_new_tokens, stop=("\n",), do_sample=do_sample,
+                             temperature=cfg.temperature, top_p=cfg.top_p, max_length=length)
             preds = [data.match_choice(text, cs) for text, cs in zip(texts, choices)]
             kept = [dict(text=text) for text in texts]
         else:  # the option with the highest log-likelihood
             choices = [options for _, options in scored]
-            scores = choice_logprobs(model, tokenizer, prompts, choices, cfg.eval_batch_size, device, length)
+            scores = choice_logprobs(model, tokenizer, prompts, choices, batch_size=cfg.eval_batch_size,
+                                     device=device, max_length=length)
             preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
             kept = [dict(logprobs=s) for s in scores]
         for ex, pred, more, cut in zip(examples, preds, kept, lost):
@@ -302,8 +247,9 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
                                 correct=pred == ex["label"], **cut))
         metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
     else:
-        texts = generate(model, tokenizer, prompts, cfg.eval_batch_size, device, max_new_tokens, task.stop, do_sample,
-                         cfg.temperature, cfg.top_p, length)
+        texts = generate(model, tokenizer, prompts, batch_size=cfg.eval_batch_size, device=device,
+                         max_new_tokens=max_new_tokens, stop=task.stop, do_sample=do_sample,
+                         temperature=cfg.temperature, top_p=cfg.top_p, max_length=length)
         scores = [task.score(text, ex) for ex, text in zip(examples, texts)]
         for ex, text, score, cut in zip(examples, texts, scores, lost):
             records.append(dict(id=ex.get("id"), prediction=text, **score, **cut))
@@ -316,27 +262,19 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
     return dict(language=lang, n=len(records), metrics=metrics, truncation=truncation, predictions=records)
 
 
-# What a language's result depends on. A cached result is reused only when all of these (and the
-# adapter's hash, and the languages a "subset" must fit) match; batch size and attention backend
-# change speed, not the answer (a sample is drawn per prompt, whatever the batch).
-EVAL_SETTINGS = ("model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples", "prompt_style", "max_length",
-                 "eval_fit", "choice_scoring", "max_new_tokens", "do_sample", "temperature", "top_p", "dtype", "seed")
-# What a result written before a setting existed was made with, where that is not the setting's
-# default: before eval_fit, prompts were cut unrecorded (and choices cut per option, samples seeded
-# per batch), which no value of today reproduces.
-BEFORE = {"eval_fit": "cut, unrecorded"}
-
-
 def changed_settings(path, extra):
-    """{setting: (cached, now)} where the cached result at `path` differs from this evaluation."""
+    """{setting: (cached, now)} where the cached result at `path` differs from this evaluation: a
+    language's result depends on config.EVAL_SETTINGS (RunConfig's fields made with eval_setting),
+    the adapter's hash, and the languages a "subset" must fit."""
     try:
         cached = json.loads(path.read_text())
-        # a setting added after a result was written reads as what it was made with: BEFORE, else the default
-        then = dict({k: cached["config"].get(k, BEFORE.get(k, C.FIELDS[k].default)) for k in EVAL_SETTINGS},
+        # a setting added after a result was written reads as what it was made with: its "before", else its default
+        then = dict({k: cached["config"].get(k, C.FIELDS[k].metadata.get("before", C.FIELDS[k].default))
+                     for k in C.EVAL_SETTINGS},
                     adapter_sha256=cached.get("adapter_sha256"), fit_languages=cached.get("fit_languages"))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
         return {"file": ("unreadable or without its settings", "-")}
-    now = dict({k: extra["config"][k] for k in EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
+    now = dict({k: extra["config"][k] for k in C.EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
                fit_languages=extra.get("fit_languages"))
     return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
 
@@ -353,7 +291,7 @@ def check_cached(cfg, rows_extra, languages, overwrite):
     if stale and not overwrite:
         raise ValueError(f"{len(stale)} cached result(s) were computed with other settings; pass --overwrite to "
                          f"evaluate them again:\n  " + "\n  ".join(stale))
-    if _is_rank0():
+    if is_rank0():
         for line in stale:
             print(f"re-evaluating {line}")
 
@@ -362,7 +300,7 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, kee
     """Evaluate one model (row of the table) in every language, resuming finished languages whose
     settings match (check_cached has refused or approved the others); warn of every cut prompt."""
     results = {}
-    for lang in tqdm(languages, desc=f"eval {row}", disable=not _is_rank0()):
+    for lang in tqdm(languages, desc=f"eval {row}", disable=not is_rank0()):
         path = cfg.run_dir / "eval" / row / f"{lang}.json"
         if path.is_file() and not changed_settings(path, extra):
             results[lang] = json.loads(path.read_text())
@@ -371,7 +309,7 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, kee
         result = evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids)
         result.update(seconds=time.time() - start, **extra)
         results[lang] = result
-        if _is_rank0():  # every rank has the gathered result; one writes it
+        if is_rank0():  # every rank has the gathered result; one writes it
             C.write_json_atomic(path, result)
             tqdm.write(f"  {row} {lang}: " + ", ".join(f"{k} {v:.1f}" for k, v in result["metrics"].items()))
             if curves:  # report_to: tensorboard / wandb
@@ -428,13 +366,14 @@ def main(argv=None):
     parser.add_argument("--no-base", action="store_true", help="skip the untrained base model's row")
     parser.add_argument("--overwrite", action="store_true",
                         help="re-evaluate cached languages whose settings or adapter changed")
-    group = parser.add_argument_group("lm-evaluation-harness (pip install lm-eval; see harness.py)")
-    group.add_argument("--harness", metavar="TASKS",
-                       help="comma-separated harness tasks, groups or tags, run instead of the run's own task")
-    group.add_argument("--harness-limit", type=float, metavar="N",
-                       help="the first N documents of each task (a fraction of them if below 1)")
-    group.add_argument("--harness-fewshot", type=int, metavar="N", help="few-shot examples (default: each task's)")
-    group.add_argument("--harness-include", metavar="DIR", help="a folder of extra task YAMLs")
+    harness_args = parser.add_argument_group("lm-evaluation-harness (pip install lm-eval; see harness.py)")
+    harness_args.add_argument("--harness", metavar="TASKS",
+                              help="comma-separated harness tasks, groups or tags, run instead of the run's own task")
+    harness_args.add_argument("--harness-limit", type=float, metavar="N",
+                              help="the first N documents of each task (a fraction of them if below 1)")
+    harness_args.add_argument("--harness-fewshot", type=int, metavar="N",
+                              help="few-shot examples (default: each task's)")
+    harness_args.add_argument("--harness-include", metavar="DIR", help="a folder of extra task YAMLs")
     C.add_override_args(parser)
     args = parser.parse_args(script_args(argv))
     try:
@@ -493,7 +432,7 @@ def _run(cfg, no_base, overwrite):
     device = rank_device or device
     model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
-    # a subset depends on the languages it must fit in, which are not among EVAL_SETTINGS
+    # a subset depends on the languages it must fit in, which are not among config.EVAL_SETTINGS
     meta = dict(C.provenance(cfg), fit_languages=languages if cfg.eval_fit == "subset" else None)
     rows_extra = {}
     if not no_base or cfg.method == "base":

@@ -8,6 +8,7 @@ huggingface_hub's cache. LoRA and soft prompts convert to and from PEFT's format
 (export_peft, import_peft), so PEFT, vLLM and anything else that reads PEFT's LoRA files can use
 them; prefix tuning and LLaMA-Adapter have no PEFT equivalent (NO_PEFT_EQUIVALENT says why).
 """
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -49,8 +50,7 @@ def model_card(path, repo_id=None) -> str:
         lines.append("")
     else:
         lines += ["## Scores", "", "Not evaluated yet (no results.json for these weights beside the adapter).", ""]
-    settings = {k: config.get(k) for k in ("method", "n_prefix_tokens", "n_adapted_layers", "lora_rank",
-                                           "lora_alpha")}
+    settings = {f.name: config.get(f.name) for f in dataclasses.fields(adapters.AdapterConfig)}
     lines += ["## Config", "", "```json", json.dumps(config.get("config") or settings, indent=2), "```", ""]
     if config.get("versions"):
         lines += ["## Versions", "", "| | |", "|---|---|"]
@@ -138,7 +138,7 @@ def export_peft(model_or_folder, out_dir, base_model=None):
         model = model_or_folder
         if any(m.merged for m in model.modules() if isinstance(m, adapters.LoRALinear)):
             raise ValueError("the LoRA update is merged into the base weights: export before merge()")
-        config = dict(model.xprefix_config, model=adapters._shape_signature(model),
+        config = dict(dataclasses.asdict(model.xprefix_config), model=adapters._shape_signature(model),
                       base_model=getattr(model.config, "_name_or_path", None) or None)
         tensors = {k: v.detach().contiguous().cpu() for k, v in adapters.trainable_state_dict(model).items()}
     method = config["method"]

@@ -12,7 +12,7 @@ checkpoint/ (every save_every steps and on SIGINT/SIGTERM, written atomically), 
 config.json, and with report_to, logs/ (TensorBoard event files, the W&B run).
 
 Under torchrun, batch_size stays the global batch: each of the N processes takes its 1/N of every
-micro-batch, sums its answer tokens' losses over the whole step's answer-token count, and the
+batch, sums its answer tokens' losses over the whole step's answer-token count, and the
 summed gradients are the single-process run's gradient, so the loss curve, the lr schedule and
 the adapter are the same (up to float rounding) for any N. The adapter and its optimizer are
 replicated (a few MB); the frozen base is replicated too (ddp), or sharded with FSDP2 (fsdp).
@@ -30,6 +30,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,7 @@ import data
 import models
 import runlock
 import share
+from distributed import all_reduce_step, init_distributed, is_rank0, script_args, shard_frozen_base, weight_bytes
 
 
 def answer_loss(model, input_ids, attention_mask, labels):
@@ -54,17 +56,17 @@ def answer_loss(model, input_ids, attention_mask, labels):
     return F.cross_entropy(logits.float(), targets[keep])
 
 
-def collate(features, pad_id):
-    """Right-pad (input_ids, labels) pairs into tensors."""
-    length = max(len(ids) for ids, _ in features)
-    input_ids = torch.full((len(features), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), length), -100, dtype=torch.long)
-    mask = torch.zeros((len(features), length), dtype=torch.long)
-    for i, (ids, lab) in enumerate(features):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        mask[i, :len(ids)] = 1
-    return input_ids, mask, labels
+def pad_batch(rows, pad_id, *, left=False):
+    """Token id lists padded into (ids, attention mask), both (B, T) long tensors. Right padding,
+    or with left=True left padding, which ends every row at the last column (for generation)."""
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        columns = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, columns] = torch.tensor(row)
+        mask[i, columns] = 1
+    return ids, mask
 
 
 def batch_order(n_examples, batch_size, epoch, seed):
@@ -72,73 +74,6 @@ def batch_order(n_examples, batch_size, epoch, seed):
     resumed run sees exactly the batches the uninterrupted one would have."""
     perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     return [perm[i:i + batch_size] for i in range(0, n_examples, batch_size)]
-
-
-def script_args(argv=None):
-    """The command line without a leading "--". Under torchrun it is needed: torchrun's own parser
-    rejects `train.py --run NAME` (`--run` could abbreviate its --run-path; pytorch/pytorch#120601),
-    so the form is `torchrun ... train.py -- --run NAME`."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return argv[1:] if argv[:1] == ["--"] else argv
-
-
-def init_distributed():
-    """Join torchrun's process group when launched by torchrun (it sets WORLD_SIZE, RANK, LOCAL_RANK):
-    NCCL on cuda:LOCAL_RANK, or gloo on the CPU. Returns (rank, world_size, device); (0, 1, None)
-    without torchrun, and then nothing distributed happens."""
-    if "WORLD_SIZE" not in os.environ:
-        return 0, 1, None
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def shard_frozen_base(model, device):
-    """FSDP2 over the frozen base: each decoder layer, the embeddings, the LM head and the rest of
-    the decoder (final norm) are units whose weights are split over the ranks and all-gathered one
-    unit at a time, in forward and again in backward. The trainable tensors are left out
-    (ignored_params): they stay whole on every rank and their gradients are summed as in ddp, so
-    checkpoints and adapters are plain tensors. Layers move to `device` one at a time, so no rank
-    ever holds the whole model there."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    trainable = {p for p in model.parameters() if p.requires_grad}
-    decoder = model.model
-    for layer in decoder.layers:
-        fully_shard(layer.to(device), mesh=mesh, ignored_params=trainable)
-    # a unit of its own, so the embedding matrix is whole only for the lookup, not the whole step
-    fully_shard(decoder.embed_tokens.to(device), mesh=mesh, ignored_params=trainable)
-    # answer_loss calls the LM head itself, not through model.forward: it is a root unit of its own
-    fully_shard(model.lm_head.to(device), mesh=mesh, ignored_params=trainable)
-    for name, child in decoder.named_children():
-        if name != "layers":
-            child.to(device)
-    fully_shard(decoder, mesh=mesh, ignored_params=trainable)
-
-
-def weight_bytes(model):
-    """Bytes of parameters this process holds (a sharded tensor counts its local shard)."""
-    from torch.distributed.tensor import DTensor
-    return sum((p.to_local() if isinstance(p, DTensor) else p).nbytes for p in model.parameters())
-
-
-def all_reduce_step(params, total, stopping, device):
-    """Sum the ranks' gradients and loss shares, and whether any rank was signalled, so every rank
-    takes the same update and stops at the same step. A rank's share is its answer tokens' loss sum
-    over the whole step's answer-token count, so the sums are the single-process gradient and loss.
-    One all-reduce per tensor: the trainable set is a few tensors of a few MB."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-    shared = torch.tensor([total, float(stopping)], dtype=torch.float64, device=device)
-    dist.all_reduce(shared)
-    return shared[0].item(), shared[1].item() > 0
 
 
 def save_checkpoint(model, optimizer, scheduler, step, path, log, data_layout):
@@ -265,11 +200,26 @@ def build_features(cfg, task, tokenizer):
             removed += [n_cut] if n_cut else []
     cut = dict(n_examples=len(features), n_cut=len(removed), max_tokens_cut=max(removed, default=0),
                mean_tokens_cut=sum(removed) / max(len(removed), 1))
-    if removed and (not dist.is_initialized() or dist.get_rank() == 0):
+    if removed and is_rank0():
         print(f"{len(removed)} of {len(features)} training prompts cut from the left to fit max_length "
               f"{cfg.max_length} with their answer (up to {cut['max_tokens_cut']} tokens, mean {cut['mean_tokens_cut']:.0f})")
     sources = dict(Counter(ex.get("source") or cfg.train_source or task.default_source for ex in examples))
     return features, cut, sources
+
+
+@dataclass
+class Placement:
+    """Where this process trains: its rank of world_size (0 of 1 without torchrun), its device and
+    compute dtype, and whether it keeps fp32 master weights (method full in bf16)."""
+    rank: int
+    world_size: int
+    device: torch.device
+    dtype: torch.dtype
+    master_weights: bool
+
+    def autocast(self):
+        """Full fine-tuning computes in `dtype` under autocast; every other run computes as it is."""
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.master_weights else contextlib.nullcontext()
 
 
 def train(cfg: C.RunConfig, resume=False, overwrite=False):
@@ -278,18 +228,19 @@ def train(cfg: C.RunConfig, resume=False, overwrite=False):
         return _train(cfg, resume, overwrite)
 
 
-def _train(cfg: C.RunConfig, resume, overwrite):
-    run_dir = cfg.run_dir
+def preflight(cfg: C.RunConfig, resume, overwrite):
+    """Every check that can fail before the model loads (so a typo fails now, not after hours of
+    training), and where this process trains. Returns (task, Placement)."""
+    run_dir, ckpt = cfg.run_dir, cfg.run_dir / "checkpoint"
     if (run_dir / "adapter" / "adapter_config.json").is_file() and not overwrite:
         raise SystemExit(f"run {cfg.name!r} is already finished ({run_dir / 'adapter'}); "
                          f"pass --overwrite to train it again")
-    ckpt = run_dir / "checkpoint"
     if (ckpt / "state.pt").is_file() and not (resume or overwrite):
         raise SystemExit(f"run {cfg.name!r} has a checkpoint at {ckpt}; pass --resume to continue it "
                          f"or --overwrite to start over")
     task = data.load_task(cfg.task)
     task.check_train_source(cfg.data_dir, cfg.train_source)  # e.g. Belebele's six-source file, before loading
-    if cfg.eval_languages:  # a typo here should fail now, not after hours of training
+    if cfg.eval_languages:
         data.check_languages(task, cfg.eval_languages)
     check_report_to(cfg)
     rank, world_size, rank_device = init_distributed()
@@ -304,7 +255,6 @@ def _train(cfg: C.RunConfig, resume, overwrite):
         raise ValueError(f"batch_size {cfg.batch_size} is the global batch and must split evenly over the "
                          f"{world_size} processes; use a multiple of {world_size}")
     device, dtype = C.device_and_dtype(cfg)
-    device = rank_device or device
     # Full fine-tuning keeps fp32 master weights and computes in `dtype` under autocast: AdamW on bf16
     # weights rounds most updates away (at lr 1e-5, an update below 2^-8 of a weight is lost). Other
     # methods train fp32 tensors already (adapters create them in fp32) beside the frozen bf16 base.
@@ -312,32 +262,31 @@ def _train(cfg: C.RunConfig, resume, overwrite):
     if master_weights and dtype == torch.float16:
         raise ValueError("method 'full' with dtype float16 would need loss scaling, which train.py does not do; "
                          "use --dtype bfloat16 (fp32 master weights, bf16 compute) or float32")
+    return task, Placement(rank, world_size, rank_device or device, dtype, master_weights)
+
+
+def build_model(cfg: C.RunConfig, where: Placement):
+    """The run's model with its adapter attached (seeded by cfg.seed) and its tokenizer."""
     torch.manual_seed(cfg.seed)
     # fsdp: the full model stays in host memory; shard_frozen_base moves it to the GPU one shard at a time
-    model, tokenizer = models.load_model(cfg.model, dtype=torch.float32 if master_weights else dtype,
-                                         device="cpu" if fsdp else device, trust_remote_code=cfg.trust_remote_code)
-    autocast = torch.autocast(device.type, dtype=dtype) if master_weights else contextlib.nullcontext()
-    adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
-                    lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend=cfg.attn_backend, seed=cfg.seed)
+    model, tokenizer = models.load_model(cfg.model, dtype=torch.float32 if where.master_weights else where.dtype,
+                                         device="cpu" if cfg.parallel == "fsdp" else where.device,
+                                         trust_remote_code=cfg.trust_remote_code)
+    adapters.attach(model, cfg.adapter_config, attn_backend=cfg.attn_backend, seed=cfg.seed)
     if cfg.gradient_checkpointing:
         adapters.set_gradient_checkpointing(model)
-    n_trainable = adapters.count_trainable(model)
-    if rank == 0:
-        print(f"{cfg.name}: {cfg.method} on {cfg.model} ({device}, {dtype}"
-              + (" compute, fp32 master weights" if master_weights else "") + f"), trainable params: {n_trainable:,}"
-              + (f"; {world_size} processes ({cfg.parallel}), {cfg.batch_size // world_size} of each batch of "
-                 f"{cfg.batch_size} per process" if world_size > 1 else ""))
-    if cfg.method == "base":
-        if rank == 0:
-            print("method 'base' has nothing to train; run evaluate.py")
-        return None
-    if fsdp:
-        shard_frozen_base(model, device)
-        adapters.set_attn_backend(model, cfg.attn_backend)  # attach chose "auto"'s backend on the CPU
-    features, train_truncation, train_sources = build_features(cfg, task, tokenizer)
-    if rank == 0:
-        print("training examples per source: " + ", ".join(f"{k} {v:,}" for k, v in train_sources.items()))
-    steps_per_epoch = math.ceil(len(features) / (cfg.batch_size * cfg.grad_accum))
+    if where.rank == 0:
+        print(f"{cfg.name}: {cfg.method} on {cfg.model} ({where.device}, {where.dtype}"
+              + (" compute, fp32 master weights" if where.master_weights else "")
+              + f"), trainable params: {adapters.count_trainable(model):,}"
+              + (f"; {where.world_size} processes ({cfg.parallel}), {cfg.batch_size // where.world_size} of each "
+                 f"batch of {cfg.batch_size} per process" if where.world_size > 1 else ""))
+    return model, tokenizer
+
+
+def make_optimizer(cfg: C.RunConfig, model, n_examples):
+    """AdamW over the trainable tensors and the run's lr schedule: (optimizer, scheduler, total steps)."""
+    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -346,124 +295,180 @@ def _train(cfg: C.RunConfig, resume, overwrite):
     from transformers import get_scheduler
     scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    # what fixes the batch of every step: a resumed run must match it exactly
-    data_layout = dict(n_examples=len(features), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                       seed=cfg.seed)
-    step, log = 0, []
-    if resume and (ckpt / "state.pt").is_file():
-        step, log = load_checkpoint(model, optimizer, scheduler, ckpt, data_layout)  # every rank reads it
-        if rank == 0:
-            print(f"resumed from {ckpt} at step {step}/{total_steps}")
-    if world_size > 1:
-        for p in params:  # the ranks agree already (same seed, weights, checkpoint); this makes it certain
-            dist.broadcast(p.data, src=0)
-    if rank == 0:
-        C.write_json_atomic(run_dir / "config.json", C.provenance(cfg))
-    curves = Curves(cfg, rank, resume_step=step)
+    return optimizer, scheduler, total_steps
 
+
+@contextlib.contextmanager
+def stop_on_signal(ckpt):
+    """SIGINT and SIGTERM set stop["signal"]: the step in flight finishes, is saved, and training
+    exits with no work lost. A second signal leaves at once; the last checkpoint stays whole."""
     stop = {"signal": None}
-    def on_signal(signum, frame):  # finish the step in flight, save, exit: no lost work
-        if stop["signal"] is not None:  # a second Ctrl-C: leave now; the last checkpoint stays whole
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:
             raise SystemExit(f"stopped by a second signal {signum}; last checkpoint: {ckpt}")
         stop["signal"] = signum
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def step_batches(n_examples, step, cfg: C.RunConfig):
+    """The example indices of optimizer step `step` (from 0): grad_accum batches of the global batch size."""
+    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
+    epoch, in_epoch = divmod(step, steps_per_epoch)
+    batches = batch_order(n_examples, cfg.batch_size, epoch, cfg.seed)
+    return batches[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
+
+
+def accumulate_gradients(model, batches, features, *, where: Placement, global_batch, pad_id):
+    """Forward and backward over one optimizer step's batches (grad_accum of them), this rank's part
+    of each; returns this rank's share of the step's loss (summed over the ranks: the step's loss)."""
+    n_answer_tokens = sum(sum(l != -100 for l in features[i][1]) for batch in batches for i in batch)
+    per_rank = global_batch // where.world_size
+    loss_share = 0.0
+    for batch in batches:
+        # this rank's part of the batch; a rank left with nothing (the epoch's last, short batch) still
+        # runs one example, weighted 0, because fsdp's all-gathers need every rank in every forward
+        rank_part = batch[where.rank * per_rank:(where.rank + 1) * per_rank]
+        rows = [features[i] for i in rank_part or batch[:1]]
+        ids, mask = pad_batch([ids for ids, _ in rows], pad_id)
+        labels, _ = pad_batch([labels for _, labels in rows], -100)  # as long as their ids (data.training_features)
+        ids, mask, labels = ids.to(where.device), mask.to(where.device), labels.to(where.device)
+        with where.autocast():
+            loss = answer_loss(model, ids, mask, labels)
+        # weight each batch by its answer tokens over the whole step's (all ranks'): accumulation and
+        # the ranks' summed gradients equal one big batch
+        weight = (labels[:, 1:] != -100).sum().item() / n_answer_tokens if rank_part else 0.0
+        (loss * weight).backward()
+        loss_share += loss.item() * weight
+    return loss_share
+
+
+def train_step(model, optimizer, scheduler, features, *, cfg: C.RunConfig, where: Placement, step, pad_id, stop):
+    """Optimizer step `step` + 1: its batches' gradients, summed over the ranks, clipped, applied.
+    Returns (its train_log entry, its loss, whether any rank was signalled to stop)."""
+    start = time.time()
+    batches = step_batches(len(features), step, cfg)
+    n_all_tokens = sum(len(features[i][0]) for batch in batches for i in batch)  # prompts and answers, no padding
+    optimizer.zero_grad(set_to_none=True)
+    loss = accumulate_gradients(model, batches, features, where=where, global_batch=cfg.batch_size, pad_id=pad_id)
+    stopping = stop["signal"] is not None
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the trainable tensors
+    if where.world_size > 1:
+        loss, stopping = all_reduce_step(params, loss, stopping, where.device)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    if not finite and not cfg.skip_nonfinite:
+        ckpt = cfg.run_dir / "checkpoint"
+        raise SystemExit(f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step + 1}; "
+                         f"last good checkpoint: {ckpt if (ckpt / 'state.pt').is_file() else 'none'} "
+                         f"(skip_nonfinite: true skips such steps instead)")
+    if finite:
+        optimizer.step()
+    elif where.rank == 0:  # skip_nonfinite: drop this batch's update; the step still counts, so the data
+        # order and the lr schedule do not shift, and a resumed run skips the same step
+        tqdm.write(f"step {step + 1}: non-finite loss ({loss}) or gradient norm ({grad_norm}); skipped")
+    scheduler.step()
+    entry = dict(step=step + 1, loss=loss if finite else None, lr=scheduler.get_last_lr()[0],
+                 grad_norm=grad_norm if finite else None, **({} if finite else dict(skipped=True)),
+                 tokens_per_s=n_all_tokens / (time.time() - start))
+    return entry, loss, stopping
+
+
+def _train(cfg: C.RunConfig, resume, overwrite):
+    task, where = preflight(cfg, resume, overwrite)
+    model, tokenizer = build_model(cfg, where)
+    if cfg.method == "base":
+        if where.rank == 0:
+            print("method 'base' has nothing to train; run evaluate.py")
+        return None
+    if cfg.parallel == "fsdp":
+        shard_frozen_base(model, where.device)
+        adapters.set_attn_backend(model, cfg.attn_backend)  # attach chose "auto"'s backend on the CPU
+    features, train_truncation, train_sources = build_features(cfg, task, tokenizer)
+    if where.rank == 0:
+        print("training examples per source: " + ", ".join(f"{k} {v:,}" for k, v in train_sources.items()))
+    optimizer, scheduler, total_steps = make_optimizer(cfg, model, len(features))
+    # what fixes the batch of every step: a resumed run must match it exactly
+    data_layout = dict(n_examples=len(features), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                       seed=cfg.seed)
+    ckpt = cfg.run_dir / "checkpoint"
+    step, log = 0, []
+    if resume and (ckpt / "state.pt").is_file():
+        step, log = load_checkpoint(model, optimizer, scheduler, ckpt, data_layout)  # every rank reads it
+        if where.rank == 0:
+            print(f"resumed from {ckpt} at step {step}/{total_steps}")
+    if where.world_size > 1:
+        for p in model.parameters():
+            if p.requires_grad:  # the ranks agree already (same seed, weights, checkpoint); this makes it certain
+                dist.broadcast(p.data, src=0)
+    if where.rank == 0:
+        C.write_json_atomic(cfg.run_dir / "config.json", C.provenance(cfg))
+    curves = Curves(cfg, where.rank, resume_step=step)
 
     model.train()
-    micro = cfg.batch_size
-    per_rank = micro // world_size
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.name}", disable=rank != 0)
     start = time.time()
-    try:
+    with stop_on_signal(ckpt) as stop, contextlib.closing(curves), \
+            tqdm(total=total_steps, initial=step, desc=f"train {cfg.name}", disable=where.rank != 0) as bar:
         while step < total_steps:
-            step_start = time.time()
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            batches = batch_order(len(features), micro, epoch, cfg.seed)
-            group = batches[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
-            n_tokens = sum(sum(l != -100 for l in features[i][1]) for b in group for i in b)
-            n_all_tokens = sum(len(features[i][0]) for b in group for i in b)  # prompts and answers, no padding
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for b in group:
-                # this rank's part of the batch; a rank left with nothing (the epoch's last, short batch) still
-                # runs one example, weighted 0, because fsdp's all-gathers need every rank in every forward
-                mine = b[rank * per_rank:(rank + 1) * per_rank]
-                ids, mask, labels = (t.to(device) for t in collate([features[i] for i in mine or b[:1]],
-                                                                  tokenizer.pad_token_id))
-                with autocast:
-                    loss = answer_loss(model, ids, mask, labels)
-                # weight each micro-batch by its answer tokens over the whole step's (all ranks'): accumulation
-                # and the ranks' summed gradients equal one big batch
-                weight = (labels[:, 1:] != -100).sum().item() / n_tokens if mine else 0.0
-                (loss * weight).backward()
-                total += loss.item() * weight
-            stopping = stop["signal"] is not None
-            if world_size > 1:
-                total, stopping = all_reduce_step(params, total, stopping, device)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
-            finite = math.isfinite(total) and math.isfinite(grad_norm)
-            if not finite and not cfg.skip_nonfinite:
-                raise SystemExit(f"non-finite loss ({total}) or gradient norm ({grad_norm}) at step {step + 1}; "
-                                 f"last good checkpoint: {ckpt if (ckpt / 'state.pt').is_file() else 'none'} "
-                                 f"(skip_nonfinite: true skips such steps instead)")
-            if finite:
-                optimizer.step()
-            else:  # skip_nonfinite: drop this batch's update; the step still counts, so the data order
-                # and the lr schedule do not shift, and a resumed run skips the same step
-                if rank == 0:
-                    tqdm.write(f"step {step + 1}: non-finite loss ({total}) or gradient norm ({grad_norm}); skipped")
-            scheduler.step()
+            entry, loss, stopping = train_step(model, optimizer, scheduler, features, cfg=cfg, where=where, step=step,
+                                               pad_id=tokenizer.pad_token_id, stop=stop)
             step += 1
-            log.append(dict(step=step, loss=total if finite else None, lr=scheduler.get_last_lr()[0],
-                            grad_norm=grad_norm if finite else None, **({} if finite else dict(skipped=True)),
-                            tokens_per_s=n_all_tokens / (time.time() - step_start)))
-            curves.log({f"train/{k}": log[-1][k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step)
+            log.append(entry)
+            curves.log({f"train/{k}": entry[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step)
             bar.update(1)
-            bar.set_postfix(loss=f"{total:.3f}")
-            if rank == 0 and (step % cfg.save_every == 0 or stopping):
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if where.rank == 0 and (step % cfg.save_every == 0 or stopping):
                 save_checkpoint(model, optimizer, scheduler, step, ckpt, log, data_layout)
             if stopping:
-                if world_size > 1:
+                if where.world_size > 1:
                     dist.barrier()  # no rank exits (and has torchrun stop rank 0) before the checkpoint is saved
                 raise SystemExit(f"stopped by signal {stop['signal'] or '(to another rank)'} at step {step}; "
                                  f"checkpoint saved to {ckpt}; continue with --resume")
-    finally:
-        bar.close()
-        curves.close()
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    elapsed = time.time() - start
-    if rank != 0:
-        return run_dir / "adapter"
+    seconds = time.time() - start
+    if where.rank != 0:
+        return cfg.run_dir / "adapter"
     save_checkpoint(model, optimizer, scheduler, step, ckpt, log, data_layout)
+    return finish(cfg, model, log, where=where, steps=step, seconds=seconds, n_examples=len(features),
+                  train_truncation=train_truncation, train_sources=train_sources)
+
+
+def finish(cfg: C.RunConfig, model, log, *, where: Placement, steps, seconds, n_examples, train_truncation,
+           train_sources):
+    """Rank 0, after the last step: the adapter with its model card, train_log.json, and the upload."""
+    adapter_dir = cfg.run_dir / "adapter"
     provenance = C.provenance(cfg)
     base_model = models.MODELS[cfg.model].hub_id if cfg.model in models.MODELS else cfg.model
     # what the model card shows: the run's settings, what it learnt from, what ran it
-    adapters.save_adapter(model, run_dir / "adapter", extra=dict(
+    adapters.save_adapter(model, adapter_dir, extra=dict(
         run=cfg.name, base_model=base_model, config=provenance["config"], train_sources=train_sources,
         versions=dict(provenance["versions"], xprefix_commit=provenance["git_commit"])))
     skipped = [entry["step"] for entry in log if entry.get("skipped")]
-    summary = dict(provenance, steps=step, train_examples=len(features), trainable_params=n_trainable,
-                   seconds=elapsed, final_loss=log[-1]["loss"] if log else None, n_skipped_steps=len(skipped),
-                   skipped_steps=skipped, world_size=world_size, parallel=cfg.parallel if world_size > 1 else None,
+    summary = dict(provenance, steps=steps, train_examples=n_examples, trainable_params=adapters.count_trainable(model),
+                   seconds=seconds, final_loss=log[-1]["loss"] if log else None, n_skipped_steps=len(skipped),
+                   skipped_steps=skipped, world_size=where.world_size,
+                   parallel=cfg.parallel if where.world_size > 1 else None,
                    weights_gib_per_rank=weight_bytes(model) / 2**30, log=log)
     summary.update(train_truncation=train_truncation, train_sources=train_sources)
-    if device.type == "cuda":
+    if where.device.type == "cuda":
         summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    C.write_json_atomic(run_dir / "train_log.json", summary)
-    print(f"saved adapter to {run_dir / 'adapter'} after {step} steps in {elapsed:.0f}s"
+    C.write_json_atomic(cfg.run_dir / "train_log.json", summary)
+    print(f"saved adapter to {adapter_dir} after {steps} steps in {seconds:.0f}s"
           + (f"; {len(skipped)} non-finite step(s) skipped: {skipped}" if skipped else ""))
     if cfg.push_to_hub:  # last: a failed upload loses nothing (evaluate.py pushes again, with scores)
-        share.push_adapter(run_dir / "adapter", cfg.push_to_hub)
-        print(f"pushed {run_dir / 'adapter'} to the hub repo {cfg.push_to_hub}")
-    return run_dir / "adapter"
+        share.push_adapter(adapter_dir, cfg.push_to_hub)
+        print(f"pushed {adapter_dir} to the hub repo {cfg.push_to_hub}")
+    return adapter_dir
 
 
 def dry_run(cfg: C.RunConfig):
     """Build the model on the meta device and report the trainable parameter count."""
     print(C.to_json(cfg))
     model = models.meta_model(cfg.model)
-    adapters.attach(model, cfg.method, n_prefix_tokens=cfg.n_prefix_tokens, n_adapted_layers=cfg.n_adapted_layers,
-                    lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, attn_backend="torch")
+    adapters.attach(model, cfg.adapter_config, attn_backend="torch")
     print(f"trainable params: {adapters.count_trainable(model):,}")
 
 

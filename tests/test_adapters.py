@@ -1,5 +1,6 @@
 """Each method against straightforward math, its invariants, its parameter count, save/load."""
 import copy
+import json
 import math
 
 import pytest
@@ -249,6 +250,17 @@ def test_loading_onto_another_shape_is_a_clear_error(tmp_path):
         adapters.load_adapter(other, tmp_path / "a")
     with pytest.raises(ValueError, match="holds no adapter"):
         adapters.load_adapter(tiny(), tmp_path / "missing")
+
+
+def test_saved_config_is_the_adapter_config_then_the_model_shape(tmp_path):
+    """adapter_config.json: AdapterConfig's fields verbatim (n_adapted_layers resolved), the model's
+    shape, then what the caller adds; loading it back attaches the same AdapterConfig."""
+    model = attached(tiny(), "lora", lora_rank=2)
+    adapters.save_adapter(model, tmp_path / "a", extra=dict(run="x"))
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert list(saved) == ["method", "n_prefix_tokens", "n_adapted_layers", "lora_rank", "lora_alpha", "model", "run"]
+    assert model.xprefix_config == adapters.AdapterConfig("lora", n_prefix_tokens=5, n_adapted_layers=3, lora_rank=2)
+    assert adapters.load_adapter(tiny(), tmp_path / "a").xprefix_config == model.xprefix_config
 
 
 def test_mistral_models_attach_too():

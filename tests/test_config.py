@@ -103,3 +103,16 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     path.write_text("runs:\n  - {name: a, model: m, method: prefix, task: xnli, lr: fast}\n")
     with pytest.raises(ValueError, match="lr='fast' should be float"):
         C.get_run("a", path=path)
+
+
+def test_adapter_config_and_eval_settings_come_from_the_fields(tmp_path):
+    """RunConfig hands attach its adapter settings whole, and the settings that key evaluate.py's
+    cached results are the fields marked eval_setting: not batch sizes or the attention backend."""
+    from adapters import AdapterConfig
+    cfg = C.get_run("b", path=write(tmp_path, GOOD))
+    assert cfg.adapter_config == AdapterConfig("lora", n_prefix_tokens=10, n_adapted_layers=None, lora_rank=8,
+                                               lora_alpha=8.0)
+    assert set(C.EVAL_SETTINGS) == {"model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples",
+                                    "prompt_style", "max_length", "eval_fit", "choice_scoring", "max_new_tokens",
+                                    "do_sample", "temperature", "top_p", "dtype", "seed"}
+    assert C.FIELDS["eval_fit"].metadata["before"] == "cut, unrecorded"

@@ -31,7 +31,7 @@ TRAIN = dict(train_samples=21, batch_size=4, grad_accum=2, epochs=2, lr_schedule
 
 
 def torchrun(script, path, *args, n=2):
-    """`torchrun --standalone --nproc_per_node n script -- --run tiny ...` (the "--": see train.script_args)."""
+    """`torchrun --standalone --nproc_per_node n script -- --run tiny ...` (the "--": see distributed.script_args)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                           script, "--", "--run", "tiny", "--runs-file", str(path), *args],

@@ -46,3 +46,11 @@ def test_choice_logprobs_equal_a_forward_per_choice(tiny_model_dir, kind):
         want = [[reference(model, tokenizer, p, c, cs, max_length) for c in cs] for p, cs in zip(prompts, choices)]
     assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-5), (got, want)
     assert len({tuple(g) for g in got}) == 3  # the prompts really differ in their scores
+
+
+def test_pad_batch_pads_right_or_left():
+    from train import pad_batch
+    ids, mask = pad_batch([[5, 6, 7], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], 0, left=True)  # generation: every row ends at the last column
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -138,8 +138,8 @@ def test_evaluation_halves_its_batch_on_out_of_memory(tiny_model_dir, shared_dat
     # when every option is one token, one per option otherwise)
     many = task.eval_examples("en", str(shared_data), n=12, split="validation")
     many_prompts, many_choices = [task.prompt(ex) for ex in many], [task.choices(ex) for ex in many]
-    want_scores = evaluate.choice_logprobs(model, tokenizer, many_prompts, many_choices, 2, "cpu")
-    want_texts = evaluate.generate(model, tokenizer, prompts, 2, "cpu", 3, (), False, 1.0, 1.0)
+    want_scores = evaluate.choice_logprobs(model, tokenizer, many_prompts, many_choices, batch_size=2, device="cpu")
+    want_texts = evaluate.generate(model, tokenizer, prompts, batch_size=2, device="cpu", max_new_tokens=3)
 
     sizes = []
     def too_big(rows):
@@ -151,10 +151,11 @@ def test_evaluation_halves_its_batch_on_out_of_memory(tiny_model_dir, shared_dat
                         forward(input_ids=input_ids, **kw))
     monkeypatch.setattr(model, "generate", lambda input_ids, **kw: too_big(len(input_ids)) or
                         generate(input_ids=input_ids, **kw))
-    assert evaluate.choice_logprobs(model, tokenizer, many_prompts, many_choices, 8, "cpu") == want_scores
+    assert evaluate.choice_logprobs(model, tokenizer, many_prompts, many_choices, batch_size=8, device="cpu") \
+        == want_scores
     assert sizes[:2] == [8, 4] and max(sizes[2:]) == 2
     sizes.clear()
-    assert evaluate.generate(model, tokenizer, prompts, 8, "cpu", 3, (), False, 1.0, 1.0) == want_texts
+    assert evaluate.generate(model, tokenizer, prompts, batch_size=8, device="cpu", max_new_tokens=3) == want_texts
     assert sizes[:2] == [5, 2] and max(sizes[1:]) == 2  # later sizes include generate's own forward calls
     captured = capsys.readouterr()
     err = captured.out + captured.err  # tqdm.write prints to stdout

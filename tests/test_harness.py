@@ -141,7 +141,7 @@ def test_lora_equals_the_harness_hf_model_on_merged_weights(tmp_path, tiny_model
 @pytest.mark.parametrize("method", ["prefix", "adapter", "soft_prompt", "full"])
 def test_every_method_changes_the_scores(tmp_path, tiny_model_dir, task_manager, hf_base, method):
     lm = harness.XPrefixLM(tiny_run(tmp_path, tiny_model_dir, method), batch_size=4)
-    assert lm.model.xprefix_config["method"] == method and lm.model.config._attn_implementation == "xprefix"
+    assert lm.model.xprefix_config.method == method and lm.model.config._attn_implementation == "xprefix"
     ours = responses(lm, task_manager)
     changed = (logliks(ours["tiny_choice_en"]) - logliks(hf_base["tiny_choice_en"])).abs()
     print(f"{method}: |adapter - base| per choice, min {changed.min():.2e}, max {changed.max():.2e}")

@@ -72,7 +72,7 @@ def test_peft_lora_imports_with_peft_logits(tmp_path):
     theirs = peft_lora(base)
     theirs.save_pretrained(tmp_path / "peft")
     ours = share.import_peft(copy.deepcopy(base), tmp_path / "peft", attn_backend="torch").eval()
-    assert ours.xprefix_config["method"] == "lora" and ours.xprefix_config["lora_rank"] == 4
+    assert ours.xprefix_config.method == "lora" and ours.xprefix_config.lora_rank == 4
     ids, mask = batch()
     with torch.no_grad():
         want, got = theirs(input_ids=ids, attention_mask=mask).logits, ours(ids, attention_mask=mask).logits

@@ -45,7 +45,8 @@ def test_every_option_of_an_example_is_scored_after_the_same_cut_context(tiny, m
         seen.extend(ids[:int(m.sum())].tolist() for ids, m in zip(input_ids, attention_mask))
         return forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
     monkeypatch.setattr(model.model, "forward", spy)
-    evaluate.choice_logprobs(model, tokenizer, [prompt], [options], batch_size, "cpu", max_length)
+    evaluate.choice_logprobs(model, tokenizer, [prompt], [options], batch_size=batch_size, device="cpu",
+                             max_length=max_length)
     contexts = []
     for option, size in zip(options, sizes):
         (row,) = [r for r in seen if r[-size:] == tokenizer(option, add_special_tokens=False)["input_ids"]]
@@ -61,7 +62,8 @@ def test_sampled_answers_do_not_depend_on_the_batch_size(tiny):
     model, tokenizer = tiny
     def sample(batch_size, seed, do_sample=True):
         torch.manual_seed(seed)  # as evaluate_language seeds it
-        return evaluate.generate(model, tokenizer, PROMPTS, batch_size, "cpu", 6, (), do_sample, 0.1, 0.75)
+        return evaluate.generate(model, tokenizer, PROMPTS, batch_size=batch_size, device="cpu", max_new_tokens=6,
+                                 do_sample=do_sample, temperature=0.1, top_p=0.75)
     want = sample(1, seed=0)
     for batch_size in (2, 3, 8):
         assert sample(batch_size, seed=0) == want, batch_size
