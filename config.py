@@ -22,7 +22,8 @@ RUNS_FILE = ROOT / "runs.yaml"
 def eval_setting(default=dataclasses.MISSING, **metadata):
     """A field a language's evaluation result depends on: evaluate.py reuses a cached result only
     where every such field (and the adapter's hash) matches. `before`: what a result written before
-    the field existed was made with, where that is not its default."""
+    the field existed was made with, where that is not its default; `before_field`: the field whose
+    value it was made with (eval_seed's draws were seed's)."""
     return field(default=default, metadata=dict(eval_setting=True, **metadata))
 
 
@@ -71,7 +72,10 @@ class RunConfig:
     temperature: float = eval_setting(0.1)
     top_p: float = eval_setting(0.75)
     dtype: str = eval_setting("auto")  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
-    seed: int = eval_setting(0)
+    seed: int = 0                       # training: initialisation, example draw and order
+    # which examples evaluation draws, and its sampling generator: apart from `seed`, so that runs of
+    # several training seeds are scored on the same examples and pair (report.py --compare)
+    eval_seed: int = eval_setting(0, before_field="seed")
     save_every: int = 200               # checkpoint every N optimizer steps
     skip_nonfinite: bool = False        # skip (and log) a step with non-finite loss or gradients; else stop
     gradient_checkpointing: bool = False  # recompute layer activations in the backward: less memory, ~1 more forward

@@ -186,7 +186,7 @@ def fitting_ids(task, cfg, tokenizer, languages, length):
     keep, n_candidates = None, 0
     for lang in languages:
         with data.schema_errors(task, cfg.data_dir):
-            examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, seed=cfg.seed, split=cfg.eval_split)
+            examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, seed=cfg.eval_seed, split=cfg.eval_split)
             contexts = [context for context, _ in scored_texts(task, cfg, examples)]
             sizes = map(len, tokenizer(contexts)["input_ids"]) if contexts else []
         rooms = prompt_rooms(task, cfg, tokenizer, examples, length)
@@ -211,14 +211,14 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
     Args:
         keep_ids: eval_fit "subset": fitting_ids' ids, of which eval_samples are drawn; None: any example.
     """
-    torch.manual_seed(cfg.seed)  # sampled generation is repeatable per language, resumed or not
+    torch.manual_seed(cfg.eval_seed)  # sampled generation is repeatable per language, resumed or not
     with data.schema_errors(task, cfg.data_dir):
         examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, split=cfg.eval_split,
-                                      n=cfg.eval_samples if keep_ids is None else None, seed=cfg.seed)
+                                      n=cfg.eval_samples if keep_ids is None else None, seed=cfg.eval_seed)
         n_candidates = None
         if keep_ids is not None:
             n_candidates = len(examples)
-            examples = data.sample([ex for ex in examples if ex["id"] in keep_ids], cfg.eval_samples, cfg.seed)
+            examples = data.sample([ex for ex in examples if ex["id"] in keep_ids], cfg.eval_samples, cfg.eval_seed)
         scored = scored_texts(task, cfg, examples)
     prompts = [context for context, _ in scored]
     length = eval_length(cfg, model)
@@ -269,14 +269,21 @@ def changed_settings(path, extra):
     try:
         cached = json.loads(path.read_text())
         # a setting added after a result was written reads as what it was made with: its "before", else its default
-        then = dict({k: cached["config"].get(k, C.FIELDS[k].metadata.get("before", C.FIELDS[k].default))
-                     for k in C.EVAL_SETTINGS},
+        then = dict({k: cached["config"].get(k, _before(C.FIELDS[k], cached["config"])) for k in C.EVAL_SETTINGS},
                     adapter_sha256=cached.get("adapter_sha256"), fit_languages=cached.get("fit_languages"))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
         return {"file": ("unreadable or without its settings", "-")}
     now = dict({k: extra["config"][k] for k in C.EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
                fit_languages=extra.get("fit_languages"))
     return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
+
+
+def _before(f, cached_config):
+    """What a result written before field `f` existed was made with: its "before_field"'s value, its
+    "before", else its default."""
+    if "before_field" in f.metadata:
+        return cached_config.get(f.metadata["before_field"], C.FIELDS[f.metadata["before_field"]].default)
+    return f.metadata.get("before", f.default)
 
 
 def check_cached(cfg, rows_extra, languages, overwrite):

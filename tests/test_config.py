@@ -114,5 +114,5 @@ def test_adapter_config_and_eval_settings_come_from_the_fields(tmp_path):
                                                lora_alpha=8.0)
     assert set(C.EVAL_SETTINGS) == {"model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples",
                                     "prompt_style", "max_length", "eval_fit", "choice_scoring", "max_new_tokens",
-                                    "do_sample", "temperature", "top_p", "dtype", "seed"}
+                                    "do_sample", "temperature", "top_p", "dtype", "eval_seed"}
     assert C.FIELDS["eval_fit"].metadata["before"] == "cut, unrecorded"

@@ -241,6 +241,27 @@ def test_results_from_before_eval_fit_are_not_reused(tiny_model_dir, shared_data
         {"eval_fit": ("cut, unrecorded", "cut")}
 
 
+
+def test_training_seeds_are_scored_on_the_same_examples(tiny_model_dir, shared_data, tmp_path):
+    """eval_seed, not seed, draws evaluation's examples: runs of several training seeds pair."""
+    drawn = {}
+    for seed, eval_seed in ((0, 0), (1, 0), (0, 1)):
+        cfg = xquad_cfg(tmp_path / f"s{seed}e{eval_seed}", tiny_model_dir, shared_data, eval_languages=["en"],
+                        seed=seed, eval_seed=eval_seed, eval_samples=3)
+        evaluate.run(cfg)
+        drawn[seed, eval_seed] = [r["id"] for r in json.loads(
+            (cfg.run_dir / "eval" / "base" / "en.json").read_text())["predictions"]]
+    assert drawn[0, 0] == drawn[1, 0] != drawn[0, 1]
+    # a result written before eval_seed existed was drawn with the run's seed
+    path = cfg.run_dir / "eval" / "base" / "en.json"
+    old = json.loads(path.read_text())
+    del old["config"]["eval_seed"]
+    old["config"]["seed"] = 5
+    path.write_text(json.dumps(old))
+    extra = dict(C.provenance(cfg), adapter_sha256=None, fit_languages=None)
+    assert evaluate.changed_settings(path, extra) == {"eval_seed": (5, 1)}
+
+
 # --- training may cut, and says how much ------------------------------------------------------
 
 def test_training_counts_its_cut_prompts(tiny, tiny_model_dir, shared_data, tmp_path, capsys):
