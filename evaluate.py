@@ -35,6 +35,7 @@ import data
 import models
 import runlock
 import share
+import stats
 from distributed import init_distributed, is_rank0, map_batches, script_args
 from train import Curves, pad_batch
 
@@ -473,6 +474,16 @@ def _run(cfg, no_base, overwrite):
                    rows={r: {l: res[l]["metrics"] for l in languages} for r, res in rows.items()}, groups=groups,
                    truncation={r: {l: res[l]["truncation"] for l in languages} for r, res in rows.items()},
                    train_sources=_train_sources(cfg))
+    gain_md = ""
+    if "base" in rows and cfg.method in rows:  # the adapter's gain on the same examples, with its uncertainty
+        english = next((l for l in languages if data.LANGUAGES.get(l, {}).get("name") == "English"), None)
+        gain_md, summary["gain"] = stats.gain_table(
+            {l: rows[cfg.method][l]["predictions"] for l in languages},
+            {l: rows["base"][l]["predictions"] for l in languages}, languages, english, metric,
+            label=f"gain of {cfg.method} over base", seed=cfg.eval_seed)
+        gain_md = ("\n\n" + gain_md + "\n\nPaired over the same examples: mean difference ± its standard error, and a "
+                   "95% bootstrap interval (questions resampled together across languages). A gain inside "
+                   "about two s.e. of zero is noise.")
     if rank != 0:
         return
     C.write_json_atomic(cfg.run_dir / "results.json", summary)
@@ -481,8 +492,9 @@ def _run(cfg, no_base, overwrite):
     cuts = (f"Prompts cut from the left to fit {length} tokens with the answer (eval_fit {cfg.eval_fit}{fit}):"
             f"\n\n{cut_table(rows, languages)}")
     C.write_text_atomic(cfg.run_dir / "results.csv", csv_text)
-    C.write_text_atomic(cfg.run_dir / "results.md", f"# {cfg.name}: {cfg.task} {metric}\n\n{md}\n\n{cuts}\n\n{grouped}\n")
-    print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}\n\n{cuts}\n\n{grouped}\n\n"
+    C.write_text_atomic(cfg.run_dir / "results.md",
+                        f"# {cfg.name}: {cfg.task} {metric}\n\n{md}{gain_md}\n\n{cuts}\n\n{grouped}\n")
+    print(f"\n{cfg.name}: {cfg.task} {metric} ({cfg.model}, {device})\n{md}{gain_md}\n\n{cuts}\n\n{grouped}\n\n"
           f"written to {cfg.run_dir}")
     if cfg.push_to_hub and cfg.method != "base":  # again after train.py, last: the card now shows the scores
         share.push_adapter(adapter_dir, cfg.push_to_hub)

@@ -65,6 +65,11 @@ def test_train_then_evaluate(tmp_path, tiny_model_dir, shared_data, method):
     md = (run_dir / "results.md").read_text()
     assert "| method | en | de | avg |" in md and f"| {method} |" in md
     assert (run_dir / "results.csv").read_text().startswith("method,en,de,avg")
+    # the printed gain over base: paired on the same questions, the same number as the two rows' means
+    gain = results["gain"]
+    assert set(gain) == {"en", "de", "avg", "non_en"} and all(cell["ci"] for cell in gain.values())
+    assert gain["de"]["mean"] == pytest.approx(results["rows"][method]["de"]["accuracy"] - results["rows"]["base"]["de"]["accuracy"])
+    assert f"gain of {method} over base" in md and f"| **non-English avg (1)** | {gain['non_en']['mean']:+.1f}" in md
 
 
 def test_generation_task_end_to_end(tmp_path, tiny_model_dir, shared_data):
