@@ -253,11 +253,13 @@ def to_json(cfg: RunConfig) -> str:
 
 
 def device_and_dtype(cfg: RunConfig):
-    """CUDA when present; bf16 there, fp32 on the CPU (CPU bf16 matmuls are many times slower)."""
+    """CUDA when present. dtype auto: bf16 on CUDA, and on a CPU that multiplies bf16 natively (AMX or
+    AVX-512 BF16; see models.auto_dtype), fp32 on other CPUs, where bf16 matmuls are emulated and slower."""
     import torch
+
+    import models
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    return device, getattr(torch, name)
+    return device, getattr(torch, cfg.dtype) if cfg.dtype != "auto" else models.auto_dtype(device)[0]
 
 
 def provenance(cfg: RunConfig) -> dict:
@@ -275,7 +277,8 @@ def provenance(cfg: RunConfig) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return dict(config=dataclasses.asdict(cfg), git_commit=commit, git_dirty=dirty, device=device,
+    dtype = str(device_and_dtype(cfg)[1]).removeprefix("torch.")  # what dtype "auto" resolved to here
+    return dict(config=dataclasses.asdict(cfg), git_commit=commit, git_dirty=dirty, device=device, dtype=dtype,
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               transformers=transformers.__version__))
 

@@ -305,6 +305,8 @@ def _train(cfg: C.RunConfig, resume, overwrite):
                          f"{world_size} processes; use a multiple of {world_size}")
     device, dtype = C.device_and_dtype(cfg)
     device = rank_device or device
+    if rank == 0:
+        print(models.dtype_message(cfg.dtype, device, dtype))
     # Full fine-tuning keeps fp32 master weights and computes in `dtype` under autocast: AdamW on bf16
     # weights rounds most updates away (at lr 1e-5, an update below 2^-8 of a weight is lost). Other
     # methods train fp32 tensors already (adapters create them in fp32) beside the frozen bf16 base.
