@@ -59,7 +59,7 @@ class RunConfig:
     do_sample: bool | None = None       # None: the task's default (sampling for XQuAD, as the paper)
     temperature: float = 0.1
     top_p: float = 0.75
-    dtype: str = "auto"                 # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"                 # auto (bf16 on CUDA and CPUs with native bf16, else fp32) | float32 | bfloat16 | float16
     seed: int = 0
     save_every: int = 200               # checkpoint every N optimizer steps
     skip_nonfinite: bool = False        # skip (and log) a step with non-finite loss or gradients; else stop
