@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cpu.py            # the measurement (make bench-cpu); ~15 min on 2 quiet cores
     python benchmarks/bench_cpu.py --quick    # small shapes, one rep: checks the script runs, measures nothing
+    python benchmarks/bench_cpu.py --profile --threads 1   # also the top operators of a train step per dtype
 
 Prints the CPU, torch's capability and what `dtype: auto` picks (models.auto_dtype), then per model:
 - speed, fp32 and bf16 timed in alternation in one run (median of --reps after a warm-up), and the
@@ -101,6 +102,37 @@ def make_step(model, ids, mask, labels, full_vocab):
     return step
 
 
+def op_times(step, vocab_size):
+    """Self CPU seconds per operator of one call of `step`, torch.profiler's, with matmuls split into the LM
+    head's and the layers' and PyTorch's CPU flash-attention kernels named."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    ops = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        name = event.key
+        if name == "aten::mm":
+            name += " (LM head)" if any(vocab_size in shape for shape in event.input_shapes if shape) else " (layers)"
+        elif name.startswith("aten::_scaled_dot_product_flash_attention_for_cpu"):
+            name = "SDPA flash (CPU) " + ("backward" if name.endswith("backward") else "forward")
+        ops[name] = ops.get(name, 0.0) + event.self_cpu_time_total / 1e6
+    return ops
+
+
+def print_profile(name, what, steps, vocab_size, out, top=12):
+    times = {dt: op_times(step, vocab_size) for dt, step in steps.items()}
+    a, b = times[torch.float32], times[torch.bfloat16]
+    total = sum(b.values())
+    names = sorted(set(a) | set(b), key=lambda k: -b.get(k, 0.0))[:top]
+    out["profile"].append(dict(model=name, what=what, fp32_total_s=sum(a.values()), bf16_total_s=total,
+                               ops=[dict(op=k, fp32_s=a.get(k, 0.0), bf16_s=b.get(k, 0.0)) for k in names]))
+    print(f"  profile of one {what}: self CPU fp32 {sum(a.values()):.2f} s, bf16 {total:.2f} s\n"
+          f"    {'op':<44}{'fp32 s':>9}{'bf16 s':>9}{'bf16/fp32':>10}{'of bf16':>9}")
+    for k in names:
+        ratio = b.get(k, 0.0) / a[k] if a.get(k) else float("nan")
+        print(f"    {k[:43]:<44}{a.get(k, 0.0):9.3f}{b.get(k, 0.0):9.3f}{ratio:10.2f}{100 * b.get(k, 0.0) / total:8.1f}%")
+
+
 def left_padded(tokenizer, encoded):
     length = max(map(len, encoded))
     ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -182,9 +214,13 @@ def bench_model(name, args, task, out):
         m.train()
     steps = {dt: make_step(m, ids, mask, labels, full_vocab=False) for dt, m in nets.items()}
     row(rows, name, "train step (prefix), answer-only loss", shape, timed(steps, args.reps, args.warmup))
+    if args.profile:
+        print_profile(name, "train step (prefix), answer-only loss", steps, tokenizer.vocab_size, out)
     if ids.numel() * tokenizer.vocab_size * 4 <= 2**30:  # the fp32 logits of every position: at most 1 GiB
         full = {dt: make_step(m, ids, mask, labels, full_vocab=True) for dt, m in nets.items()}
         row(rows, name, "train step (prefix), loss on all logits", shape, timed(full, args.reps, args.warmup))
+        if args.profile:
+            print_profile(name, "train step (prefix), loss on all logits", full, tokenizer.vocab_size, out)
         with torch.no_grad():  # the same loss: answer_loss only skips the positions that carry no label
             m = nets[torch.float32]
             a, b = train.answer_loss(m, ids, mask, labels).item(), m(input_ids=ids, attention_mask=mask,
@@ -292,6 +328,12 @@ def markdown(out):
     lines += [""] + [f"{p['model']}: train.py's shuffled batches of {p['batch_size']} ({p['n_examples']} XQuAD training "
                      f"examples) are {100 * p['shuffled']:.0f}% padding; batched by length, {100 * p['by_length']:.0f}%."
                      for p in out["train_padding"]]
+    for p in out["profile"]:
+        lines += ["", f"Profile of one {p['what']} on {p['model']} (torch.profiler, self CPU time): fp32 "
+                      f"{p['fp32_total_s']:.2f} s, bf16 {p['bf16_total_s']:.2f} s.", "",
+                  "| operator | fp32 s | bf16 s | share of bf16 |", "|---|---|---|---|"]
+        lines += [f"| {o['op']} | {o['fp32_s']:.3f} | {o['bf16_s']:.3f} | {100 * o['bf16_s'] / p['bf16_total_s']:.0f}% |"
+                  for o in p["ops"]]
     return "\n".join(lines) + "\n"
 
 
@@ -300,6 +342,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small shapes, one rep, no warm-up: a dry run")
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators of one "
+                        "train step, fp32 against bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     parser.add_argument("--reps", type=int, default=None, help="timed runs per cell (default 3; --quick 1)")
     parser.add_argument("--json", default=None, help="default benchmarks/results_cpu.json (--quick: none)")
@@ -321,7 +365,7 @@ def main():
                torch=torch.__version__, transformers=transformers.__version__, auto_dtype=str(auto).removeprefix("torch."),
                auto_reason=why, auto_message=models.dtype_message("auto", "cpu", auto),
                probe_speedup=models._bf16_speedup(), load_before=os.getloadavg()[0], reps=args.reps,
-               warmup=args.warmup, sizes=args.sizes, rows=[], quality=[], costs=[], train_padding=[], loss_check=[])
+               warmup=args.warmup, sizes=args.sizes, rows=[], quality=[], costs=[], train_padding=[], loss_check=[], profile=[])
     print(f"{out['cpu']} | torch {out['torch']} capability {out['capability']}, {out['threads']} threads | "
           f"{out['auto_message']} | probe: bf16 matmul {out['probe_speedup']:.1f}x fp32 | load {out['load_before']:.1f}"
           + (" | --quick: not a measurement" if args.quick else ""), flush=True)
