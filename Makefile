@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a machine with no torch, this is what gets installed (on our CPU machines: a CPU build on disk).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-latest lock test-gpu bench bench-peft replica clean
+.PHONY: setup demo test test-latest lock test-gpu bench bench-peft bench-cpu replica clean
 
 setup: $(VENV)/.installed
 
@@ -77,6 +77,11 @@ bench: setup
 # end to end against PEFT on one CUDA GPU (PEFT comes with requirements-dev.txt)
 bench-peft: setup
 	$(PY) benchmarks/bench_peft.py --out benchmarks/results_peft
+
+# the CPU path: bf16 against fp32 (train step, prefill, generation, quality) on SmolLM2 and Gemma 3, and the
+# CPU's other costs; writes benchmarks/results_cpu.json and appends to benchmarks/RESULTS.md (a quiet machine)
+bench-cpu: setup
+	$(PY) benchmarks/bench_cpu.py
 
 # the small-scale replica: 5 methods x XNLI, XQuAD, Belebele x SmolLM2-135M, Gemma 3 270M (results/replica/)
 replica: setup

@@ -71,7 +71,7 @@ class RunConfig:
     do_sample: bool | None = eval_setting(None)  # None: the task's default (sampling for XQuAD, as the paper)
     temperature: float = eval_setting(0.1)
     top_p: float = eval_setting(0.75)
-    dtype: str = eval_setting("auto")  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = eval_setting("auto")  # auto (bf16 on CUDA and CPUs with native bf16, else fp32) | float32 | bfloat16 | float16
     seed: int = 0                       # training: initialisation, example draw and order
     # which examples evaluation draws, and its sampling generator: apart from `seed`, so that runs of
     # several training seeds are scored on the same examples and pair (report.py --compare)
@@ -275,11 +275,13 @@ def to_json(cfg: RunConfig) -> str:
 
 
 def device_and_dtype(cfg: RunConfig):
-    """CUDA when present; bf16 there, fp32 on the CPU (CPU bf16 matmuls are many times slower)."""
+    """CUDA when present. dtype auto: bf16 on CUDA, and on a CPU that multiplies bf16 natively (AMX or
+    AVX-512 BF16; see models.auto_dtype), fp32 on other CPUs, where bf16 matmuls are emulated and slower."""
     import torch
+
+    import models
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    return device, getattr(torch, name)
+    return device, getattr(torch, cfg.dtype) if cfg.dtype != "auto" else models.auto_dtype(device)[0]
 
 
 def provenance(cfg: RunConfig) -> dict:
@@ -297,7 +299,8 @@ def provenance(cfg: RunConfig) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return dict(config=dataclasses.asdict(cfg), git_commit=commit, git_dirty=dirty, device=device,
+    dtype = str(device_and_dtype(cfg)[1]).removeprefix("torch.")  # what dtype "auto" resolved to here
+    return dict(config=dataclasses.asdict(cfg), git_commit=commit, git_dirty=dirty, device=device, dtype=dtype,
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               transformers=transformers.__version__))
 

@@ -271,11 +271,12 @@ def changed_settings(path, extra):
         cached = json.loads(path.read_text())
         # a setting added after a result was written reads as what it was made with: its "before", else its default
         then = dict({k: cached["config"].get(k, _before(C.FIELDS[k], cached["config"])) for k in C.EVAL_SETTINGS},
-                    adapter_sha256=cached.get("adapter_sha256"), fit_languages=cached.get("fit_languages"))
+                    adapter_sha256=cached.get("adapter_sha256"), fit_languages=cached.get("fit_languages"),
+                    computed_in=_computed_in(cached))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
         return {"file": ("unreadable or without its settings", "-")}
     now = dict({k: extra["config"][k] for k in C.EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
-               fit_languages=extra.get("fit_languages"))
+               fit_languages=extra.get("fit_languages"), computed_in=_computed_in(extra))
     return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
 
 
@@ -285,6 +286,15 @@ def _before(f, cached_config):
     if "before_field" in f.metadata:
         return cached_config.get(f.metadata["before_field"], C.FIELDS[f.metadata["before_field"]].default)
     return f.metadata.get("before", f.default)
+
+
+def _computed_in(result):
+    """The dtype a result was computed in: dtype "auto" depends on the machine (bf16 on CUDA and on CPUs
+    with native bf16). Results written before it was recorded were fp32 on the CPU under auto."""
+    if "dtype" in result:
+        return result["dtype"]
+    dtype = result["config"]["dtype"]
+    return dtype if dtype != "auto" else "float32" if str(result.get("device", "")).startswith("cpu") else "bfloat16"
 
 
 def check_cached(cfg, rows_extra, languages, overwrite):
@@ -438,6 +448,8 @@ def _run(cfg, no_base, overwrite):
     curves = Curves(cfg, rank)  # before the model loads: a missing logger package fails now
     device, dtype = C.device_and_dtype(cfg)
     device = rank_device or device
+    if rank == 0:
+        print(models.dtype_message(cfg.dtype, device, dtype))
     model, tokenizer = models.load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
     # a subset depends on the languages it must fit in, which are not among config.EVAL_SETTINGS

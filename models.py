@@ -6,11 +6,13 @@ The paper's architectures are written out here so that `--dry-run` can build the
 device with no hub access and no weights. Loading real weights goes through `from_pretrained`,
 so a user with the hub (or a local snapshot in the hub's layout) gets the real model.
 """
+import functools
 import hashlib
 import importlib
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -161,6 +163,86 @@ def load_model(name: str, dtype=torch.float32, device="cpu", trust_remote_code=F
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+# --- dtype "auto" on the CPU ----------------------------------------------------------------------
+# x86 instructions that multiply bf16 in hardware (oneDNN uses them for bf16 matmuls): AMX tiles
+# (Sapphire Rapids on) and AVX-512 BF16 (Cooper Lake, Zen 4 on). Without them a bf16 matmul is
+# converted to fp32 on the fly and runs slower than fp32.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def _cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where there is no such file."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86's name, ARM's name
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def _bf16_speedup(n=768, reps=3):
+    """fp32 over bf16 time of an n x n matmul, best of `reps` each (about 0.1 s where bf16 is native)."""
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # the first call picks (and JIT-compiles) oneDNN's kernel
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        best[dtype] = min(times)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+@functools.cache
+def cpu_bf16_native():
+    """Whether this CPU multiplies bf16 natively, so that `dtype: auto` runs bf16 there: (bool, reason).
+
+    From the CPU's flags where they answer (torch's own checks, else /proc/cpuinfo): on x86 either
+    AMX or AVX-512 BF16 is needed. Where they cannot (another architecture, such as ARM with or
+    without its BF16 extension, or oneDNN's ISA capped by ONEDNN_MAX_CPU_ISA), a measured probe
+    decides: bf16 must multiply at least 1.25x as fast as fp32. Computed once per process.
+    """
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if x86 and not capped:
+        if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+            return True, "cpu has AMX"
+        if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+            return True, "cpu has avx512_bf16"
+        flags = _cpu_flags()
+        if flags is not None:
+            found = [f for f in BF16_FLAGS if f in flags]
+            if found:
+                return True, f"cpu has {found[0]}"
+            return False, "cpu has neither AMX nor avx512_bf16: bf16 matmuls would be emulated"
+    speedup = _bf16_speedup()
+    why = f"ONEDNN_MAX_CPU_ISA={capped}, " if capped else ""
+    return speedup >= 1.25, f"{why}measured: a bf16 matmul runs {speedup:.1f}x as fast as fp32"
+
+
+def auto_dtype(device):
+    """What `dtype: auto` computes in on `device`, and why: (torch dtype, reason). bf16 on CUDA; on
+    the CPU bf16 where it multiplies bf16 natively (cpu_bf16_native), fp32 elsewhere. Trainable
+    tensors are fp32 whatever this says (adapters create them so; full fine-tuning keeps fp32
+    master weights)."""
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16, "cuda"
+    native, why = cpu_bf16_native()
+    return (torch.bfloat16 if native else torch.float32), why
+
+
+def dtype_message(run_dtype: str, device, dtype) -> str:
+    """One line for the start of train.py and evaluate.py: the dtype used and why."""
+    name = str(dtype).removeprefix("torch.")
+    if run_dtype != "auto":
+        return f"dtype {name} (set by the run)"
+    return f"dtype auto -> {name} ({auto_dtype(device)[1]})"
 
 
 def meta_model(name: str):

@@ -262,7 +262,10 @@ def preflight(cfg: C.RunConfig, resume, overwrite):
     if master_weights and dtype == torch.float16:
         raise ValueError("method 'full' with dtype float16 would need loss scaling, which train.py does not do; "
                          "use --dtype bfloat16 (fp32 master weights, bf16 compute) or float32")
-    return task, Placement(rank, world_size, rank_device or device, dtype, master_weights)
+    device = rank_device or device
+    if rank == 0:
+        print(models.dtype_message(cfg.dtype, device, dtype))
+    return task, Placement(rank, world_size, device, dtype, master_weights)
 
 
 def build_model(cfg: C.RunConfig, where: Placement):

@@ -26,8 +26,10 @@ pytestmark = [pytest.mark.slow,
                                  reason="needs torch.distributed with gloo")]
 
 # 21 examples in global batches of 4 x 2 accumulated: 3 steps per epoch, and the epoch's last micro-batch
-# holds 1 example, so rank 1 has none (it runs one at weight 0, which fsdp's all-gathers need)
-TRAIN = dict(train_samples=21, batch_size=4, grad_accum=2, epochs=2, lr_schedule="constant", save_every=2)
+# holds 1 example, so rank 1 has none (it runs one at weight 0, which fsdp's all-gathers need). fp32: the
+# tolerances below are fp32 rounding's, and dtype auto is bf16 on a CPU with native bf16
+TRAIN = dict(train_samples=21, batch_size=4, grad_accum=2, epochs=2, lr_schedule="constant", save_every=2,
+             dtype="float32")
 
 
 def torchrun(script, path, *args, n=2):

@@ -95,9 +95,10 @@ def hf_base(tiny_model_dir, task_manager):
 
 def tiny_run(tmp_path, model_dir, method, **extra):
     """A run of the tiny model whose adapter (method's, its tensors perturbed so it acts) is saved."""
+    # fp32 as the harness's reference model (dtype auto is bf16 on a CPU with native bf16)
     cfg = C.RunConfig(name="tiny", model=str(model_dir), method=method, task="xnli", n_prefix_tokens=4,
                       n_adapted_layers=2, attn_backend="torch", eval_batch_size=4, out_dir=str(tmp_path / "runs"),
-                      **extra)
+                      **{"dtype": "float32", **extra})
     if method != "base":
         model, _ = models.load_model(cfg.model)
         adapters.attach(model, method, n_prefix_tokens=4, n_adapted_layers=2, seed=1)
@@ -154,7 +155,7 @@ def test_evaluate_py_writes_harness_results(tmp_path, tiny_model_dir, task_dir, 
     runs = tmp_path / "runs.yaml"
     runs.write_text(json.dumps({"runs": [dict(name="tiny", model=str(tiny_model_dir), method="prefix", task="xnli",
                                               n_prefix_tokens=4, n_adapted_layers=2, attn_backend="torch",
-                                              eval_batch_size=4, out_dir=str(tmp_path / "runs"))]}))
+                                              eval_batch_size=4, dtype="float32", out_dir=str(tmp_path / "runs"))]}))
     evaluate.main(["--run", "tiny", "--runs-file", str(runs), "--harness", ",".join(TINY_TASKS),
                    "--harness-include", str(task_dir), "--harness-limit", "4"])
     out = cfg.run_dir / "harness"
