@@ -377,6 +377,18 @@ def group_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def gain(cfg, rows, languages, metric):
+    """(markdown, dict): the adapter row's gain over the base row on the same examples, per language,
+    overall and non-English, with its paired s.e. and bootstrap interval (stats.gain_table)."""
+    english = next((l for l in languages if data.LANGUAGES.get(l, {}).get("name") == "English"), None)
+    md, table = stats.gain_table({l: rows[cfg.method][l]["predictions"] for l in languages},
+                                 {l: rows["base"][l]["predictions"] for l in languages}, languages, english, metric,
+                                 label=f"gain of {cfg.method} over base", seed=cfg.eval_seed)
+    return ("\n\n" + md + "\n\nPaired over the same examples: the mean difference ± its standard error, and a 95% "
+            "bootstrap interval (questions resampled together across languages). A gain within about two s.e. of "
+            "zero is noise."), table
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
@@ -487,15 +499,8 @@ def _run(cfg, no_base, overwrite):
                    truncation={r: {l: res[l]["truncation"] for l in languages} for r, res in rows.items()},
                    train_sources=_train_sources(cfg))
     gain_md = ""
-    if "base" in rows and cfg.method in rows:  # the adapter's gain on the same examples, with its uncertainty
-        english = next((l for l in languages if data.LANGUAGES.get(l, {}).get("name") == "English"), None)
-        gain_md, summary["gain"] = stats.gain_table(
-            {l: rows[cfg.method][l]["predictions"] for l in languages},
-            {l: rows["base"][l]["predictions"] for l in languages}, languages, english, metric,
-            label=f"gain of {cfg.method} over base", seed=cfg.eval_seed)
-        gain_md = ("\n\n" + gain_md + "\n\nPaired over the same examples: mean difference ± its standard error, and a "
-                   "95% bootstrap interval (questions resampled together across languages). A gain inside "
-                   "about two s.e. of zero is noise.")
+    if "base" in rows and cfg.method in rows:
+        gain_md, summary["gain"] = gain(cfg, rows, languages, metric)
     if rank != 0:
         return
     C.write_json_atomic(cfg.run_dir / "results.json", summary)
