@@ -1,7 +1,8 @@
 """The paper's comparison at small scale, with real weights: one command trains and evaluates it.
 
-    python replica.py                          # smollm2-135m and gemma3-270m, every task and method
+    python replica.py                          # smollm2-135m and gemma3-270m, every task and method, seeds 0 1 2
     python replica.py --models smollm2 --tasks xnli belebele
+    python replica.py --models gemma3 --tasks xquad --seeds 0 --methods base lora   # a part of it
     python replica.py --report-only            # rebuild the tables from finished runs
     python replica.py --models smollm2 --tasks xquad --set eval_samples=16   # override a field everywhere
 
@@ -9,14 +10,50 @@ For each model (SmolLM2-135M-Instruct, Gemma 3 270M), task (XNLI: all 15 languag
 on English articles 0-31, test articles 32-47 in all 12 languages; Belebele: the languages
 ../shared/data holds) and method (base, soft prompt, prefix tuning, LLaMA-Adapter, LoRA r=4), it
 runs the runs.yaml entry `<method>_<task>_<model>`: `train.py --resume` unless the adapter is
-finished, then `evaluate.py` (which resumes per language). Every method is trained on English only.
+finished, then `evaluate.py` (which resumes per language) unless results.json is finished and
+current. Every method is trained on English only.
 
-Writes to --out (default results/replica/): report.md (per-language tables, groups by script and
-family, PNG bars and heatmaps, from report.py), headline.md and headline.json (per model and
-task: average, English, non-English average and its change against the base model, per method),
-and timings.json (wall seconds of each train and evaluate command, summed over resumes, with the device).
+Seeds: the base model is evaluated once (its scores do not depend on a training seed); each trained
+method runs once per --seeds value. Seed 0 is the runs.yaml entry as it stands (runs/<name>); seed
+s > 0 is the same entry with `--seed s --out_dir <its out_dir>/seed<s>` (runs/seed<s>/<name>), so
+folders never collide. eval_seed stays the entry's (0) for every seed: all seeds score the same
+examples, and their per-example scores pair with the base model's.
+
+Writes to --out (default results/replica/), always over every model, task, method and seed that has
+finished (--models, --tasks, --methods and --seeds choose the work, not what is reported):
+- headline.md / headline.json: per model and task, from report.compare of the base run against each
+  method pooled over its seeds: avg, English and non-English average per method as the mean over
+  seeds with the seed sd and the number of seeds, and the non-English difference to the base model
+  with its paired s.e. and paired bootstrap 95% interval. A non-English s.e. over TARGET_SE (1.5 F1
+  XQuAD, 2 points of accuracy XNLI and Belebele) is marked: the evaluation was too small to tell.
+  Then the paper's findings, each marked per model and task by `findings` (rules below).
+- compare_<task>_<model>.md / .json / _diff_bars.png: report.compare's per-language table and plot.
+- report.md: per-language tables, groups by script and family, PNG bars and heatmaps (report.py),
+  of seed 0 of each trained method.
+- timings.json: wall seconds of each train and evaluate command (key `<run folder>/train`, e.g.
+  `seed1/lora_xnli_smollm2/train`), summed over resumes, with the devices that ran them; a file from
+  before this protocol is kept inside it under "before".
+
+The findings' rules (per model and task; "CI" is the 95% paired bootstrap interval over examples of
+a difference, per example the mean over each side's seeds, as report.compare computes it):
+- prefix_over_lora, "prefix methods ahead of LoRA on transfer": the better of prefix tuning and
+  LLaMA-Adapter on the non-English average (by its pooled mean) minus LoRA, on the non-English
+  average. Holds if the CI is above 0, does not hold if below 0, cannot tell if it spans 0. Taking
+  the better of two before testing favours "holds" a little; both differences are shown.
+- soft_prompt_low_resource, "soft prompts strong on low-resource languages" (the paper: comparable to
+  or better than the other prefix methods there, on Belebele): on the task's low-resource languages
+  (data.LANGUAGES "resource"), soft prompt minus base, and soft prompt minus the better of prefix
+  tuning and LLaMA-Adapter there. Holds if the first CI is above 0 and the second is not below 0;
+  does not hold if either CI is below 0; otherwise cannot tell. Cannot tell where the task has no
+  low-resource language here (XQuAD's 12 are all high-resource, and so are eng and deu of Belebele).
+- lora_degrades, "LoRA degrading non-English": LoRA minus base on the non-English average. Holds if
+  the CI is below 0, does not hold if above 0, cannot tell if it spans 0.
+Every verdict needs the runs it compares; a missing one makes it "cannot tell", saying which. The
+intervals count which examples were drawn, not which training seeds: the seed sd beside them says
+how much a method moves between seeds.
 """
 import argparse
+import dataclasses
 import json
 import platform
 import subprocess
@@ -24,18 +61,31 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import config as C
+import data
 import report
+import stats
 
 ROOT = Path(__file__).resolve().parent
 MODELS = ("smollm2", "gemma3")
 TASKS = ("xnli", "xquad", "belebele")
 METHODS = ("base", "soft_prompt", "prefix", "adapter", "lora")
+SEEDS = (0, 1, 2)
 ENGLISH = {"xnli": "en", "xquad": "en", "belebele": "eng_Latn"}
+TARGET_SE = {"xnli": 2.0, "xquad": 1.5, "belebele": 2.0}  # issue 15: the non-English paired s.e. to reach
+PREFIX_METHODS = ("prefix", "adapter")  # the paper's prefix methods that it ranks ahead of LoRA
+FINDINGS = {"prefix_over_lora": "Prefix methods ahead of LoRA on transfer",
+            "soft_prompt_low_resource": "Soft prompts strong on low-resource languages",
+            "lora_degrades": "LoRA degrading non-English"}
+HOLDS, DOES_NOT_HOLD, CANNOT_TELL = "holds", "does not hold", "cannot tell at this scale"
+# timings.json's protocol: times recorded before it (other sizes, one seed) are kept apart under "before"
+PROTOCOL = "issue 15: runs.yaml sizes, seeds"
 
 
-def run_names(models, tasks):
-    return [f"{m}_{t}_{model}" for model in models for t in tasks for m in METHODS]
+def run_names(models, tasks, methods=METHODS):
+    return [f"{m}_{t}_{model}" for model in models for t in tasks for m in methods]
 
 
 def device_name():
@@ -60,127 +110,391 @@ def step(command, timings, key):
     timings[key] = round(timings.get(key, 0.0) + time.time() - start, 1)  # summed over resumes
 
 
-def run_one(name, cfg, timings, overrides):
-    if cfg.method != "base" and not (cfg.run_dir / "adapter" / "adapter_config.json").is_file():
-        step([sys.executable, "train.py", "--run", name, "--resume", *overrides], timings, f"{name}/train")
-    step([sys.executable, "evaluate.py", "--run", name, *overrides] + ([] if cfg.method == "base" else ["--no-base"]),
-         timings, f"{name}/evaluate")
-
-
 def parse_sets(items):
     """["eval_samples=16", ...] -> (["--eval_samples", "16", ...], {field: value}); fields are checked
-    by config's own parser, so a bad name or value fails here, before any work."""
+    by config's own parser, so a bad name or value fails here, before any work. `seed` is --seeds'."""
     args, values = [], {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in C.FIELDS:
             raise SystemExit(f"--set takes FIELD=VALUE with a field of runs.yaml, got {item!r}")
+        if key == "seed":
+            raise SystemExit("--set seed=...: choose training seeds with --seeds (each gets its own folder)")
         args += [f"--{key}", value]
         values[key] = C._parse_value(value, C.FIELDS[key].type)
     return args, values
 
 
-def per_example(runs_dir, name, row, metric):
-    """{(lang, example id): score} of one row of a run, from its eval/<row>/<lang>.json files: the
-    metric where each prediction has it (XQuAD F1), else 100 x correct (accuracy)."""
-    out = {}
-    for path in sorted((Path(runs_dir) / name / "eval" / row).glob("*.json")):
-        record = json.loads(path.read_text())
-        for p in record["predictions"]:
-            value = p[metric] if metric in p else 100.0 * p["correct"]
-            out[(record["language"], p["id"])] = value
-    return out
-
-
-def paired_se(ours, base, english):
-    """Standard error of the mean non-English difference over the examples both runs scored (the
-    same questions, so the noise of which questions were drawn cancels); None under 2 examples."""
-    diffs = [ours[k] - base[k] for k in ours if k in base and k[0] != english]
-    if len(diffs) < 2:
-        return None
-    mean = sum(diffs) / len(diffs)
-    return (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
-
-
-def headline(names, runs_dir):
-    """{model: {task: {method: {avg, en, non_en, non_en_vs_base, non_en_vs_base_se}}}} from
-    finished runs; the standard error is of the paired per-example difference to the base run."""
-    out, examples = {}, {}
-    for name in names:
-        results = report.load_results(runs_dir, name)
-        if results is None:
+def seed_runs(name, values, seeds):
+    """[(run folder relative to the runs folder, config, extra command-line args)] of one entry: the
+    base model once (seed 0's folder), a trained method once per seed, seed s > 0 in <out_dir>/seed<s>
+    (absolute, so no working directory can move it)."""
+    cfg = C.get_run(name, values)
+    if cfg.method == "base":
+        return [(name, cfg, [])]
+    if cfg.seed != 0:
+        raise SystemExit(f"{name}: runs.yaml gives seed {cfg.seed}; replica.py keeps seed 0 in runs/<name> and "
+                         f"chooses the others with --seeds, so its entries leave seed at 0")
+    out = []
+    for seed in seeds:
+        if seed == 0:
+            out.append((name, cfg, []))
             continue
-        method, task, model = name.split("_" + results["task"] + "_")[0], results["task"], name.rsplit("_", 1)[1]
-        row = "base" if method == "base" else report.trained_row(results)
-        values = report.scores(results, row)
-        english = ENGLISH[task]
-        others = [v for lang, v in values.items() if lang != english]
-        out.setdefault(model, {}).setdefault(task, {})[method] = dict(
-            metric=results["metric"], avg=report.mean(values.values()), en=values.get(english),
-            non_en=report.mean(others), n_languages=len(values))
-        examples[model, task, method] = per_example(runs_dir, name, row, results["metric"])
-    for model, tasks in out.items():
-        for task, methods in tasks.items():
-            base = methods.get("base", {}).get("non_en")
-            for method, row in methods.items():
-                row["non_en_vs_base"] = None if base is None or row["non_en"] is None else row["non_en"] - base
-                row["non_en_vs_base_se"] = None if base is None else paired_se(
-                    examples[model, task, method], examples[model, task, "base"], ENGLISH[task])
+        out_dir = str(Path(cfg.out_dir) / f"seed{seed}")
+        out.append((f"seed{seed}/{name}", C.get_run(name, dict(values, seed=seed, out_dir=out_dir)),
+                    ["--seed", str(seed), "--out_dir", out_dir]))
     return out
+
+
+def evaluated(cfg) -> bool:
+    """Whether the run's results.json is finished and current: today's evaluation settings
+    (config.EVAL_SETTINGS), the dtype this machine computes in, every language, and the adapter now
+    on disk. evaluate.py would then only load the model to find nothing to do, a quarter hour over
+    ~80 runs on a CPU; in doubt it runs."""
+    results = report.load_results(cfg.out_dir, cfg.name)
+    if results is None or results.get("dtype") != str(C.device_and_dtype(cfg)[1]).removeprefix("torch."):
+        return False
+    now, then = dataclasses.asdict(cfg), results.get("config", {})
+    languages = cfg.eval_languages or list(data.load_task(cfg.task).languages)
+    row = "base" if cfg.method == "base" else cfg.method
+    if (any(then.get(k) != now[k] for k in C.EVAL_SETTINGS) or results.get("languages") != languages
+            or set(results["rows"].get(row, {})) != set(languages)
+            or results.get("fit_languages") != (languages if cfg.eval_fit == "subset" else None)):
+        return False
+    adapter = cfg.run_dir / "adapter" / "adapter.safetensors"
+    return cfg.method == "base" or (adapter.is_file() and results.get("adapter_sha256") == data.file_sha256(adapter))
+
+
+def run_one(cfg, args, timings, key, overwrite=False):
+    if cfg.method != "base" and not (cfg.run_dir / "adapter" / "adapter_config.json").is_file():
+        step([sys.executable, "train.py", "--run", cfg.name, "--resume", *args], timings, f"{key}/train")
+    if evaluated(cfg):
+        print(f"finished: {key}")
+        return
+    step([sys.executable, "evaluate.py", "--run", cfg.name, *args] + ([] if cfg.method == "base" else ["--no-base"])
+         + (["--overwrite"] if overwrite else []), timings, f"{key}/evaluate")
+
+
+# --- the headline: every method against the base model, seeds pooled ------------------------------
+
+def _specs(runs_dir, model, task, seeds, notes):
+    """{method: [report.compare specs of its finished seeds]}: runs whose per-example scores load;
+    the others are named in `notes` with the reason."""
+    out = {}
+    for method in METHODS:
+        name = f"{method}_{task}_{model}"
+        for spec in [name] if method == "base" else [name if s == 0 else f"seed{s}/{name}" for s in seeds]:
+            if report.load_results(runs_dir, spec) is None:
+                continue
+            try:
+                report.load_entry(runs_dir, spec)
+            except (ValueError, KeyError) as e:  # KeyError: a results.json evaluate.py did not write
+                notes.append(f"`{spec}` left out: {e!s}")
+                continue
+            out.setdefault(method, []).append(spec)
+    return out
+
+
+def _cell(score, key):
+    cell = score.get(key)
+    return (None, None) if cell is None else (cell["mean"], cell["seed_sd"])
+
+
+def headline(runs_dir, models=MODELS, tasks=TASKS, seeds=SEEDS, n_resamples=2000, level=0.95):
+    """(table, comparisons). table: {model: {task: dict(metric, languages, n_examples, target_se,
+    methods={method: row}, notes)}}, each row with avg, en, non_en (means over seeds of the per-seed
+    scores) and their seed sd (`*_sd`, None with one seed), n_seeds, seeds, runs (report.compare
+    specs), and against the base model non_en_vs_base, _se, _ci and se_over_target. comparisons:
+    {(model, task): report.compare's result}. Runs not finished are left out; (model, task) pairs
+    with fewer than two finished methods have no rows, only notes."""
+    table, comparisons = {}, {}
+    for model in models:
+        for task in tasks:
+            notes = []
+            specs = _specs(runs_dir, model, task, seeds, notes)
+            if len(specs) < 2:
+                if specs or notes:
+                    table.setdefault(model, {})[task] = dict(methods={}, notes=notes + [
+                        "fewer than two finished methods: nothing to compare"])
+                continue
+            flat = [s for method in specs for s in specs[method]]
+            method_of = {s: m for m, group in specs.items() for s in group}
+            try:
+                result = report.compare(runs_dir, flat, n_resamples=n_resamples, level=level)
+            except ValueError as e:
+                table.setdefault(model, {})[task] = dict(methods={}, notes=notes + [f"not compared: {e}"])
+                continue
+            groups = [method_of[e["runs"][0]] for e in result["entries"]]
+            if len(set(groups)) < len(groups):  # report.seed_groups split a method: its seeds differ in more than seed
+                split = sorted({m for m in groups if groups.count(m) > 1})
+                table.setdefault(model, {})[task] = dict(methods={}, notes=notes + [
+                    f"the seeds of {', '.join(split)} differ in more than their seed (see report.seed_groups); "
+                    f"rerun them with the same settings"])
+                continue
+            english, base = ENGLISH[task], "base" in specs
+            methods = {}
+            for method, entry in zip(groups, result["entries"]):
+                scores = entry["scores"]
+                row = dict(n_seeds=len(entry["runs"]), seeds=entry["seeds"], runs=entry["runs"])
+                for key, field in (("avg", "avg"), (english, "en"), ("non_en", "non_en")):
+                    row[field], row[f"{field}_sd"] = _cell(scores, key)
+                row["non_en_per_seed"] = scores.get("non_en", {}).get("per_seed")
+                diff = entry.get("difference", {}).get("non_en") if base else None
+                row.update(non_en_vs_base=diff and diff["mean"], non_en_vs_base_se=diff and diff["se"],
+                           non_en_vs_base_ci=diff and diff["ci"],
+                           se_over_target=bool(diff and diff["se"] is not None and diff["se"] > TARGET_SE[task]))
+                methods[method] = row
+            comparisons[model, task] = result
+            table.setdefault(model, {})[task] = dict(
+                metric=result["metric"], languages=result["languages"], n_examples=result["n_examples"],
+                target_se=TARGET_SE[task], level=level, methods=methods,
+                notes=notes + ([] if base else ["no finished base run: no change against the base model"]))
+    return table, comparisons
+
+
+# --- the paper's findings ----------------------------------------------------------------------
+
+def verdict(ci, above_holds=True):
+    """HOLDS / DOES_NOT_HOLD / CANNOT_TELL from a difference's interval: above 0 holds (below, with
+    `above_holds` False), the other side does not hold, spanning 0 cannot tell."""
+    if ci is None:
+        return CANNOT_TELL
+    low, high = ci
+    if low > 0:
+        return HOLDS if above_holds else DOES_NOT_HOLD
+    if high < 0:
+        return DOES_NOT_HOLD if above_holds else HOLDS
+    return CANNOT_TELL
+
+
+def group_difference(runs_dir, specs_a, specs_b, languages, n_resamples=2000, seed=0, level=0.95):
+    """dict(mean, se, ci) of b minus a over `languages` (each weighing equally), per example the mean
+    over each side's seeds: report.compare's difference for a group it does not form (low-resource
+    languages), from the same pieces, so on one of its groups the two agree."""
+    a = [report.load_entry(runs_dir, s) for s in specs_a]
+    b = [report.load_entry(runs_dir, s) for s in specs_b]
+    for entry in a[1:] + b:
+        report.check_same_examples(a[0], entry, languages)
+
+    def pooled(entries):
+        return {l: (entries[0]["examples"][l][0], np.mean([e["examples"][l][1] for e in entries], 0))
+                for l in languages}
+
+    pa, pb = pooled(a), pooled(b)
+    diffs = {l: (pa[l][0], pb[l][1] - pa[l][1]) for l in languages}
+    return stats.summarize(diffs, {"group": list(languages)}, n_resamples, seed, level)["group"]
+
+
+def _fmt_diff(cell):
+    se = "" if cell["se"] is None else f" ± {cell['se']:.1f}"
+    return f"{cell['mean']:+.1f}{se} [{cell['ci'][0]:+.1f}, {cell['ci'][1]:+.1f}]"
+
+
+def _seeds_note(rows, methods):
+    return "; seeds " + ", ".join(f"{report.METHOD_NAMES[m]} {rows[m]['n_seeds']}" for m in methods)
+
+
+def _too_small(mark, se, target):
+    """A "cannot tell" whose s.e. is over the task's target says so: the evaluation was too small."""
+    if mark["verdict"] == CANNOT_TELL and se is not None and se > target:
+        mark["numbers"] += f"; s.e. {se:.1f} is over the target {target}: too few examples to tell"
+    return mark
+
+
+def _missing(rows, needed):
+    lacking = [report.METHOD_NAMES[m] for m in needed if m not in rows]
+    return dict(verdict=CANNOT_TELL, numbers=f"not run yet: {', '.join(lacking)}") if lacking else None
+
+
+def prefix_over_lora(runs_dir, cell, n_resamples=2000):
+    rows = cell["methods"]
+    have = [m for m in PREFIX_METHODS if m in rows]
+    if "lora" not in rows or not have:
+        return _missing(rows, ("lora",) + PREFIX_METHODS)
+    result = report.compare(runs_dir, rows["lora"]["runs"] + [s for m in have for s in rows[m]["runs"]],
+                            n_resamples=n_resamples, level=cell["level"])
+    diffs = {m: e["difference"]["non_en"] for m, e in zip(have, result["entries"][1:])}
+    best = max(have, key=lambda m: rows[m]["non_en"])
+    text = "; ".join(f"{report.METHOD_NAMES[m]} − LoRA non-English {_fmt_diff(d)}" for m, d in diffs.items())
+    mark = dict(verdict=verdict(diffs[best]["ci"]), best=best, differences=diffs,
+                numbers=f"{text} (better: {report.METHOD_NAMES[best]}){_seeds_note(rows, ('lora', *have))}")
+    return _too_small(mark, diffs[best]["se"], cell["target_se"])
+
+
+def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
+    rows = cell["methods"]
+    low = [l for l in cell["languages"] if data.LANGUAGES.get(l, {}).get("resource") == "low"]
+    if not low:
+        return dict(verdict=CANNOT_TELL, numbers=f"no low-resource language among {task}'s {len(cell['languages'])} "
+                                                 f"here ({', '.join(cell['languages'])}: all high-resource)")
+    have = [m for m in PREFIX_METHODS if m in rows]
+    missing = _missing(rows, ("base", "soft_prompt")) or (None if have else _missing(rows, PREFIX_METHODS))
+    if missing:
+        return missing
+    level = cell["level"]
+    gain = group_difference(runs_dir, rows["base"]["runs"], rows["soft_prompt"]["runs"], low, n_resamples, level=level)
+    others = {m: group_difference(runs_dir, rows["base"]["runs"], rows[m]["runs"], low, n_resamples, level=level)
+              for m in have}
+    best = max(have, key=lambda m: others[m]["mean"])
+    against = group_difference(runs_dir, rows[best]["runs"], rows["soft_prompt"]["runs"], low, n_resamples,
+                               level=level)
+    if DOES_NOT_HOLD in (verdict(gain["ci"]), verdict(against["ci"])):
+        outcome = DOES_NOT_HOLD
+    else:  # not behind the better prefix method: held if the gain over the base model is shown
+        outcome = verdict(gain["ci"])
+    mark = dict(verdict=outcome, low_resource=low, vs_base=gain, vs_best_prefix=against, best=best,
+                numbers=f"on {', '.join(low)}: soft prompt − base {_fmt_diff(gain)}, soft prompt − "
+                        f"{report.METHOD_NAMES[best]} {_fmt_diff(against)}"
+                        f"{_seeds_note(rows, ('soft_prompt', best))}")
+    return _too_small(mark, max(gain["se"] or 0, against["se"] or 0), cell["target_se"])
+
+
+def lora_degrades(cell):
+    rows = cell["methods"]
+    missing = _missing(rows, ("base", "lora"))
+    if missing:
+        return missing
+    lora = rows["lora"]
+    diff = dict(mean=lora["non_en_vs_base"], se=lora["non_en_vs_base_se"], ci=lora["non_en_vs_base_ci"])
+    mark = dict(verdict=verdict(diff["ci"], above_holds=False), difference=diff,
+                numbers=f"LoRA − base non-English {_fmt_diff(diff)}{_seeds_note(rows, ('lora',))}")
+    return _too_small(mark, diff["se"], cell["target_se"])
+
+
+def findings(table, runs_dir, n_resamples=2000):
+    """{model: {task: {finding: dict(verdict, numbers, ...)}}} by the rules of this module's
+    docstring, from headline's table; also stored in each cell as cell["findings"]."""
+    out = {}
+    for model, tasks in table.items():
+        for task, cell in tasks.items():
+            if not cell["methods"]:
+                continue
+            marks = dict(prefix_over_lora=prefix_over_lora(runs_dir, cell, n_resamples),
+                         soft_prompt_low_resource=soft_prompt_low_resource(runs_dir, cell, task, n_resamples),
+                         lora_degrades=lora_degrades(cell))
+            cell["findings"] = out.setdefault(model, {})[task] = marks
+    return out
+
+
+# --- Markdown --------------------------------------------------------------------------------------
+
+def _mean_sd(value, sd):
+    return "-" if value is None else f"{value:.1f}" + ("" if sd is None else f" (sd {sd:.1f})")
+
+
+def change(row, target):
+    """"-4.0 ± 3.6 [-11.0, +3.0]": the non-English change against the base model with its paired s.e.
+    and interval; the s.e. in bold with a warning where it is over the target."""
+    if row["non_en_vs_base"] is None:
+        return ""
+    se, (low, high) = row["non_en_vs_base_se"], row["non_en_vs_base_ci"]
+    if se is None:
+        return f"{row['non_en_vs_base']:+.1f} [{low:+.1f}, {high:+.1f}]"
+    se_text = f"**{se:.1f} > {target}**" if row["se_over_target"] else f"{se:.1f}"
+    return f"{row['non_en_vs_base']:+.1f} ± {se_text} [{low:+.1f}, {high:+.1f}]"
 
 
 def render_headline(table):
-    fmt = report.fmt_number
     lines = []
     for model, tasks in table.items():
-        for task, methods in tasks.items():
-            metric = next(iter(methods.values()))["metric"]
-            lines += [f"### {model}, {task} ({metric}, {next(iter(methods.values()))['n_languages']} languages)", "",
+        for task, cell in tasks.items():
+            methods = cell["methods"]
+            if not methods:
+                lines += [f"### {model}, {task}", ""] + [f"- {n}" for n in cell["notes"]] + [""]
+                continue
+            n = sorted(set(cell["n_examples"].values()))
+            level = round(100 * cell["level"])
+            lines += [f"### {model}, {task} ({cell['metric']}; {len(cell['languages'])} languages, "
+                      f"{'/'.join(map(str, n))} examples each; target non-English s.e. ≤ {cell['target_se']})", "",
                       report.markdown_table(
-                          ["method", "avg", "English", "non-English avg", "non-English vs base (± s.e.)"],
-                          [[report.METHOD_NAMES.get(m, m), fmt(r["avg"]), fmt(r["en"]), fmt(r["non_en"]),
-                            change(r)] for m, r in methods.items()]), ""]
+                          ["method", "seeds", "avg", "English", "non-English avg",
+                           f"non-English vs base (± paired s.e.) [{level}% CI]"],
+                          [[report.METHOD_NAMES.get(m, m), str(r["n_seeds"]), _mean_sd(r["avg"], r["avg_sd"]),
+                            _mean_sd(r["en"], r["en_sd"]), _mean_sd(r["non_en"], r["non_en_sd"]),
+                            "(reference)" if m == "base" else change(r, cell["target_se"])]
+                           for m, r in methods.items()]), ""]
+            lines += [f"- {n}" for n in cell["notes"]] + ([""] if cell["notes"] else [])
+            if any(r["se_over_target"] for r in methods.values()):
+                lines += [f"Bold s.e.: over the target {cell['target_se']}; this evaluation is too small to "
+                          f"resolve a change of that size.", ""]
     return "\n".join(lines)
 
 
-def change(row):
-    """"+6.9 ± 2.3": the non-English change against the base model, with the paired standard error."""
-    if row["non_en_vs_base"] is None:
-        return ""
-    se = row.get("non_en_vs_base_se")
-    return f"{row['non_en_vs_base']:+.1f}" + ("" if not se else f" ± {se:.1f}")
+def render_findings(marks):
+    rows = [[FINDINGS[key], model, task, f"**{mark['verdict']}**", mark["numbers"]]
+            for key in FINDINGS for model, tasks in marks.items() for task, per_task in tasks.items()
+            for mark in [per_task[key]]]
+    return report.markdown_table(["paper's finding", "model", "task", "here", "numbers (difference ± s.e. [95% CI])"],
+                                 rows)
+
+
+HEADLINE_LEGEND = (
+    "Scores are means over training seeds (`sd`: their spread across seeds; the base model has no "
+    "training seed). Differences to the base model are paired over the same examples, per example "
+    "the mean over seeds (report.compare): mean ± s.e. [95% paired bootstrap interval, questions "
+    "resampled together across languages]. The intervals count which examples were drawn, not which "
+    "seeds. Per-language tables with the same statistics: `compare_<task>_<model>.md`.")
+FINDINGS_RULES = (
+    "Rules (replica.py's docstring): *prefix methods ahead of LoRA*: the better of prefix tuning and "
+    "LLaMA-Adapter minus LoRA on the non-English average; holds if its 95% CI is above 0, does not hold "
+    "if below, cannot tell if it spans 0. *Soft prompts strong on low-resource languages*: on the "
+    "task's low-resource languages, soft prompt minus base (must be above 0 to hold) and soft prompt "
+    "minus the better of prefix tuning and LLaMA-Adapter (must not be below 0); either below 0: does "
+    "not hold. *LoRA degrading non-English*: LoRA minus base on the non-English average; holds if its "
+    "CI is below 0, does not hold if above, cannot tell if it spans 0.")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS),
+                        help="training seeds of each trained method (default 0 1 2); the base model runs once")
     parser.add_argument("--out", default=str(ROOT / "results" / "replica"))
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let evaluate.py redo cached languages made with other settings (e.g. older sizes)")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the intervals")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override a runs.yaml field in every run, e.g. eval_samples=16 (CPU-sized)")
     args = parser.parse_args(argv)
+    if min(args.seeds) < 0:
+        parser.error("--seeds must be non-negative")
+    args.seeds = list(dict.fromkeys(args.seeds))
     overrides, values = parse_sets(args.set)
-    names = run_names(args.models, args.tasks)
-    configs = {name: C.get_run(name, values) for name in names}  # every entry checked before any work starts
+    # every entry and seed checked before any work starts
+    jobs = [job for name in run_names(args.models, args.tasks, args.methods)
+            for job in seed_runs(name, values, args.seeds)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    if timings.get("protocol") != PROTOCOL:  # never add this protocol's times to another's
+        timings = dict(protocol=PROTOCOL, **({"before": timings} if timings else {}))
     if not args.report_only:
         timings["device"] = device_name()
-        for name in names:
-            run_one(name, configs[name], timings, overrides)
+        timings["devices"] = sorted(set(timings.get("devices", [])) | {timings["device"]})
+        for key, cfg, seed_args in jobs:
+            run_one(cfg, overrides + seed_args, timings, key, args.overwrite)
             C.write_json_atomic(timings_path, timings)
-    runs_dir = configs[names[0]].run_dir.parent
+    runs_dir = Path(C.get_run(run_names(MODELS, TASKS)[0], values).out_dir)
+    seeds = sorted(set(SEEDS) | set(args.seeds))
     runs = report.Collector(runs_dir)
-    tables = report.tables_for_runs(names, runs, report.load_paper())
+    tables = report.tables_for_runs(run_names(MODELS, TASKS), runs, report.load_paper())
     command = "python replica.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report.build_report(tables, runs, out / "report.md", "Small-scale replica: per-language results", command)
-    table = headline(names, runs_dir)
+    report.build_report(tables, runs, out / "report.md",
+                        "Small-scale replica: per-language results (seed 0 of each trained method)", command)
+    table, comparisons = headline(runs_dir, seeds=seeds, n_resamples=args.resamples)
+    marks = findings(table, runs_dir, args.resamples)
+    for (model, task), result in comparisons.items():
+        report.write_compare(dict(result, command=command), out / f"compare_{task}_{model}.md")
     C.write_json_atomic(out / "headline.json", table)
-    C.write_text_atomic(out / "headline.md", f"# Small-scale replica: headline\n\nWritten by `{command}` on "
-                        f"{timings.get('device', 'an unrecorded device')}.\n\n" + render_headline(table))
+    devices = ", ".join(timings.get("devices", [timings.get("device", "an unrecorded device")]))
+    C.write_text_atomic(out / "headline.md", "\n".join([
+        "# Small-scale replica: headline", "", f"Written by `{command}`; runs made on {devices}.", "",
+        HEADLINE_LEGEND, "", render_headline(table), "## The paper's findings at this scale", "", FINDINGS_RULES, "",
+        render_findings(marks) if marks else "No (model, task) has finished runs to judge yet.", ""]))
     print(f"wrote {out / 'report.md'} and {out / 'headline.md'}")
 
 

@@ -1,11 +1,21 @@
-"""replica.py: its runs exist in runs.yaml, overrides are checked, and the headline table is
-computed from results.json files as evaluate.py writes them."""
+"""replica.py: its runs exist in runs.yaml at issue 15's sizes, seeds go to their own folders and are
+scored on the same examples, resuming skips finished work, the headline pools seeds as report.compare
+does, and the findings' rules give each verdict on per-example results built for it."""
+import argparse
+import dataclasses
 import json
+import math
+import sys
 
+import numpy as np
 import pytest
 
 import config as C
+import data
 import replica
+import report
+
+N_RESAMPLES = 500
 
 
 def test_every_replica_run_is_in_runs_yaml_with_its_method_task_and_model():
@@ -16,12 +26,21 @@ def test_every_replica_run_is_in_runs_yaml_with_its_method_task_and_model():
         method, task, model = name.split("_" + cfg.task + "_")[0], cfg.task, name.rsplit("_", 1)[1]
         assert (cfg.method, cfg.task, cfg.model) == (method, task, models[model]), name
         assert name in runs
+        assert cfg.seed == 0 and cfg.eval_seed == 0, name  # seed 0 lives in runs/<name>; --seeds adds the others
     # every method of a (model, task) shares data and sizes: only the method differs
     for model in replica.MODELS:
         for task in replica.TASKS:
             cfgs = [C.get_run(f"{m}_{task}_{model}") for m in replica.METHODS]
             shared = [{k: v for k, v in vars(c).items() if k not in ("name", "method")} for c in cfgs]
             assert all(s == shared[0] for s in shared), (model, task)
+
+
+@pytest.mark.parametrize("model", replica.MODELS)
+def test_issue_15_sizes_every_held_out_question_with_whole_prompts(model):
+    xquad, belebele, xnli = (C.get_run(f"base_{t}_{model}") for t in ("xquad", "belebele", "xnli"))
+    assert (xquad.eval_subset, xquad.eval_samples, xquad.eval_fit) == ("articles_32_47", None, "whole")
+    assert (belebele.eval_subset, belebele.eval_samples, belebele.eval_fit) == ("heldout", None, "whole")
+    assert xnli.eval_subset == "heldout" and xnli.eval_fit == "whole" and xnli.eval_samples >= 100
 
 
 def test_set_overrides_are_checked_before_any_work():
@@ -31,59 +50,273 @@ def test_set_overrides_are_checked_before_any_work():
         replica.parse_sets(["no_such_field=1"])
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         replica.parse_sets(["eval_samples"])
+    with pytest.raises(SystemExit, match="--seeds"):
+        replica.parse_sets(["seed=3"])
 
 
-def write_results(runs_dir, name, method, task, rows):
+def test_seeds_go_to_their_own_folders_and_score_the_same_examples(tmp_path):
+    name = "lora_xnli_smollm2"
+    jobs = replica.seed_runs(name, {"out_dir": str(tmp_path)}, [0, 1, 2])
+    assert [key for key, _, _ in jobs] == [name, f"seed1/{name}", f"seed2/{name}"]
+    assert [cfg.run_dir for _, cfg, _ in jobs] == [tmp_path / name] + [tmp_path / f"seed{s}" / name for s in (1, 2)]
+    assert [cfg.seed for _, cfg, _ in jobs] == [0, 1, 2]
+    assert {cfg.eval_seed for _, cfg, _ in jobs} == {0}
+    assert jobs[0][2] == [] and jobs[1][2] == ["--seed", "1", "--out_dir", str(tmp_path / "seed1")]
+    # what train.py and evaluate.py make of the arguments (after --set's) is the config the job holds
+    parser = argparse.ArgumentParser()
+    C.add_override_args(parser)
+    for key, cfg, args in jobs:
+        parsed = C.overrides_from_args(parser.parse_args(["--out_dir", str(tmp_path)] + args))
+        assert C.get_run(name, parsed) == cfg, key
+    # a relative out_dir resolves against runs.yaml's folder, as the yaml value does
+    assert C.get_run(name, {"out_dir": "runs/seed1"}).run_dir == C.get_run(name).run_dir.parent / "seed1" / name
+    (key, base, args), = replica.seed_runs("base_xnli_smollm2", {}, [0, 1, 2])  # the base model: once
+    assert (key, base.seed, args) == ("base_xnli_smollm2", 0, [])
+
+
+def fake_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(replica, "step", lambda command, timings, key: calls.append((command, key)))
+    monkeypatch.setattr(replica, "device_name", lambda: "test device")
+    return calls
+
+
+def test_base_runs_once_and_each_trained_method_once_per_seed(tmp_path, monkeypatch):
+    calls = fake_steps(monkeypatch)
+    runs = tmp_path / "runs"
+    replica.main(["--models", "smollm2", "--tasks", "belebele", "--set", f"out_dir={runs}",
+                  "--out", str(tmp_path / "out")])
+    trains = [key for _, key in calls if key.endswith("/train")]
+    evals = {key: command for command, key in calls if key.endswith("/evaluate")}
+    assert len(trains) == 12 and len(evals) == 13
+    assert "base_belebele_smollm2/train" not in trains
+    base = evals["base_belebele_smollm2/evaluate"]
+    assert "--seed" not in base and "--no-base" not in base
+    seed2 = evals["seed2/lora_belebele_smollm2/evaluate"]
+    assert seed2[seed2.index("--seed") + 1] == "2" and "--no-base" in seed2
+    out_dirs = [seed2[i + 1] for i, a in enumerate(seed2) if a == "--out_dir"]
+    assert out_dirs[-1] == str(runs / "seed2")  # the last --out_dir is the one argparse keeps
+    timings = json.loads((tmp_path / "out" / "timings.json").read_text())
+    assert timings["devices"] == ["test device"] and timings["protocol"] == replica.PROTOCOL
+
+
+def test_timings_of_the_old_protocol_are_kept_apart(tmp_path, monkeypatch):
+    fake_steps(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "timings.json").write_text(json.dumps({"device": "old", "base_belebele_smollm2/evaluate": 101.0}))
+    def step(command, timings, key):
+        timings[key] = timings.get(key, 0) + 1
+
+    monkeypatch.setattr(replica, "step", step)
+    for _ in range(2):  # the second run resumes: adds to this protocol's times, not to the old ones
+        replica.main(["--models", "smollm2", "--tasks", "belebele", "--methods", "base",
+                      "--set", f"out_dir={tmp_path / 'runs'}", "--out", str(out)])
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["before"] == {"device": "old", "base_belebele_smollm2/evaluate": 101.0}
+    assert timings["base_belebele_smollm2/evaluate"] == 2
+
+
+def test_resuming_skips_finished_adapters_and_current_results(tmp_path, monkeypatch):
+    calls = fake_steps(monkeypatch)
+    runs = tmp_path / "runs"
+    (_, done, _), = [j for j in replica.seed_runs("lora_belebele_smollm2", {"out_dir": str(runs)}, [1])]
+    adapter = done.run_dir / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter.safetensors").write_bytes(b"weights")
+    languages = done.eval_languages
+    dtype = str(C.device_and_dtype(done)[1]).removeprefix("torch.")  # what evaluate.py would compute in here
+    results = dict(task="belebele", metric="accuracy", config=dataclasses.asdict(done), languages=languages,
+                   fit_languages=None, dtype=dtype,
+                   adapter_sha256=data.file_sha256(adapter / "adapter.safetensors"),
+                   rows={"lora": {lang: {"accuracy": 25.0} for lang in languages}})
+    (done.run_dir / "results.json").write_text(json.dumps(results))
+    assert replica.evaluated(done)
+    replica.main(["--models", "smollm2", "--tasks", "belebele", "--methods", "lora", "--seeds", "0", "1", "2",
+                  "--set", f"out_dir={runs}", "--out", str(tmp_path / "out")])
+    keys = [key for _, key in calls]
+    assert keys == ["lora_belebele_smollm2/train", "lora_belebele_smollm2/evaluate",
+                    "seed2/lora_belebele_smollm2/train", "seed2/lora_belebele_smollm2/evaluate"]
+    # anything that makes the result stale sends it back to evaluate.py (which resumes per language)
+    (adapter / "adapter.safetensors").write_bytes(b"retrained")
+    assert not replica.evaluated(done)
+    (adapter / "adapter.safetensors").write_bytes(b"weights")
+    assert not replica.evaluated(dataclasses.replace(done, eval_samples=50))
+    assert not replica.evaluated(dataclasses.replace(done, eval_languages=["eng_Latn"]))
+    (done.run_dir / "results.json").write_text(json.dumps(dict(results, dtype="float16")))  # another machine's
+    assert not replica.evaluated(done)
+
+
+def test_timings_sum_over_resumes():
+    timings = {}
+    for _ in range(2):
+        replica.step([sys.executable, "-c", "import time; time.sleep(0.2)"], timings, "x/evaluate")
+    assert timings["x/evaluate"] >= 0.4
+    with pytest.raises(SystemExit, match="failed"):
+        replica.step([sys.executable, "-c", "raise SystemExit(1)"], timings, "y/evaluate")
+
+
+# --- finished runs as evaluate.py leaves them -------------------------------------------------------
+
+def fake_run(runs_dir, spec, method, task, per_language, seed=0):
+    """results.json and eval/<row>/<lang>.json of a finished run; per_language {lang: 0/1 per
+    question} (accuracy: correct; XQuAD: an F1 of 0 or 100), the same question ids in every language."""
     metric = "f1" if task == "xquad" else "accuracy"
-    langs = list(next(iter(rows.values())))
-    out = dict(task=task, metric=metric, languages=langs, config=dict(method=method, model="m"),
-               rows={row: {lang: {metric: v} for lang, v in values.items()} for row, values in rows.items()})
-    (runs_dir / name).mkdir(parents=True)
-    (runs_dir / name / "results.json").write_text(json.dumps(out))
+    folder = runs_dir / spec
+    means = {}
+    for lang, values in per_language.items():
+        preds = [dict(id=f"q{i:03d}", **({"f1": 100.0 * v} if metric == "f1" else {"correct": bool(v)}))
+                 for i, v in enumerate(values)]
+        path = folder / "eval" / method / f"{lang}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(language=lang, n=len(preds), predictions=preds)))
+        means[lang] = 100.0 * float(np.mean(values))
+    config = dict(name=spec.split("/")[-1], method=method, model="m", task=task, seed=seed, eval_seed=0,
+                  out_dir=str(folder.parent))
+    (folder / "results.json").write_text(json.dumps(dict(
+        task=task, metric=metric, languages=list(per_language), config=config,
+        rows={method: {lang: {metric: m} for lang, m in means.items()}})))
 
 
-def test_headline_english_non_english_and_change_against_base(tmp_path):
-    write_results(tmp_path, "base_xquad_smollm2", "base", "xquad", {"base": {"en": 10.0, "de": 4.0, "zh": 2.0}})
-    write_results(tmp_path, "lora_xquad_smollm2", "lora", "xquad",
-                  {"lora": {"en": 30.0, "de": 2.0, "zh": 0.0}})
-    write_results(tmp_path, "prefix_belebele_smollm2", "prefix", "belebele",
-                  {"base": {"eng_Latn": 25.0, "deu_Latn": 25.0}, "prefix": {"eng_Latn": 40.0, "deu_Latn": 35.0}})
-    names = replica.run_names(["smollm2"], ["xquad", "belebele"])  # the others have no results: skipped
-    table = replica.headline(names, tmp_path)
-    lora = table["smollm2"]["xquad"]["lora"]
-    assert lora["avg"] == pytest.approx(32 / 3) and lora["en"] == 30.0 and lora["non_en"] == pytest.approx(1.0)
-    assert lora["non_en_vs_base"] == pytest.approx(1.0 - 3.0)  # LoRA loses non-English here
-    assert table["smollm2"]["xquad"]["base"]["non_en_vs_base"] == 0.0
-    prefix = table["smollm2"]["belebele"]["prefix"]
-    assert prefix["en"] == 40.0 and prefix["non_en"] == 35.0  # Belebele's English is eng_Latn
-    assert prefix["non_en_vs_base"] is None  # no base run of that task: no change to report
+def pattern(rule, n=60):
+    return [int(rule(i)) for i in range(n)]
+
+
+def test_headline_pools_seeds_and_matches_report_compare(tmp_path):
+    base = pattern(lambda i: i % 3 == 0)
+    fake_run(tmp_path, "base_xnli_smollm2", "base", "xnli", dict(en=base, de=base, sw=base))
+    seeds = {0: (lambda i: i % 2 == 0), 1: (lambda i: i % 4 == 0), 2: (lambda i: i % 5 != 1)}
+    for seed, rule in seeds.items():
+        spec = "lora_xnli_smollm2" if seed == 0 else f"seed{seed}/lora_xnli_smollm2"
+        de = pattern(rule)
+        fake_run(tmp_path, spec, "lora", "xnli", dict(en=pattern(lambda i: True), de=de, sw=base), seed=seed)
+    table, comparisons = replica.headline(tmp_path, ["smollm2"], ["xnli"], n_resamples=N_RESAMPLES)
+    cell = table["smollm2"]["xnli"]
+    lora = cell["methods"]["lora"]
+    per_seed = [(100 * np.mean(pattern(rule)) + 100 * np.mean(base)) / 2 for rule in seeds.values()]
+    assert lora["n_seeds"] == 3 and lora["seeds"] == [0, 1, 2]
+    assert lora["non_en"] == pytest.approx(np.mean(per_seed)) and lora["non_en_per_seed"] == pytest.approx(per_seed)
+    assert lora["non_en_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert lora["en"] == 100.0 and lora["en_sd"] == 0.0
+    assert cell["methods"]["base"]["n_seeds"] == 1 and cell["methods"]["base"]["non_en_sd"] is None
+    # the change against the base model: per question, the mean over seeds minus base, averaged over de and sw
+    pooled_de = np.mean([pattern(rule) for rule in seeds.values()], 0)
+    per_question = 100 * ((pooled_de - base) + 0) / 2
+    assert lora["non_en_vs_base"] == pytest.approx(per_question.mean())
+    assert lora["non_en_vs_base_se"] == pytest.approx(per_question.std(ddof=1) / math.sqrt(60))
+    direct = report.compare(tmp_path, ["base_xnli_smollm2", "lora_xnli_smollm2", "seed1/lora_xnli_smollm2",
+                                       "seed2/lora_xnli_smollm2"], n_resamples=N_RESAMPLES)
+    diff = direct["entries"][1]["difference"]["non_en"]
+    assert (lora["non_en_vs_base"], lora["non_en_vs_base_se"], lora["non_en_vs_base_ci"]) == \
+        (diff["mean"], diff["se"], diff["ci"])
+    assert comparisons["smollm2", "xnli"]["entries"][1]["runs"] == direct["entries"][1]["runs"]
+    # 60 questions: the s.e. is over XNLI's 2-point target, and the table says so
+    assert lora["non_en_vs_base_se"] > 2 and lora["se_over_target"]
     text = replica.render_headline(table)
-    assert "| LoRA r=4 | 10.7 | 30.0 | 1.0 | -2.0 |" in text
+    assert f"± **{lora['non_en_vs_base_se']:.1f} > 2.0**" in text
+    assert f"{lora['non_en']:.1f} (sd {lora['non_en_sd']:.1f})" in text
 
 
-def write_predictions(runs_dir, name, row, lang, values, key="correct"):
-    path = runs_dir / name / "eval" / row / f"{lang}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    preds = [{"id": f"q{i}", key: v} for i, v in enumerate(values)]
-    path.write_text(json.dumps(dict(language=lang, n=len(values), predictions=preds)))
+def test_headline_leaves_out_runs_whose_examples_do_not_load(tmp_path):
+    base = pattern(lambda i: i % 3 == 0)
+    fake_run(tmp_path, "base_xnli_smollm2", "base", "xnli", dict(en=base, de=base))
+    fake_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli", dict(en=base, de=base))
+    fake_run(tmp_path, "seed1/lora_xnli_smollm2", "lora", "xnli", dict(en=base, de=base), seed=1)
+    (tmp_path / "seed1/lora_xnli_smollm2/eval/lora/de.json").unlink()
+    table, _ = replica.headline(tmp_path, ["smollm2"], ["xnli"], n_resamples=N_RESAMPLES)
+    cell = table["smollm2"]["xnli"]
+    assert cell["methods"]["lora"]["n_seeds"] == 1
+    assert any("seed1/lora_xnli_smollm2" in note and "missing" in note for note in cell["notes"])
 
 
-def test_headline_standard_error_is_of_the_paired_non_english_differences(tmp_path):
-    write_results(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": {"en": 50.0, "de": 25.0}})
-    write_results(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"lora": {"en": 100.0, "de": 75.0}})
-    write_predictions(tmp_path, "base_xnli_smollm2", "base", "de", [True, False, False, False])
-    write_predictions(tmp_path, "lora_xnli_smollm2", "lora", "de", [True, True, True, False])
-    # English differs in every example: were it counted, the error would change
-    write_predictions(tmp_path, "base_xnli_smollm2", "base", "en", [False, False, True, True])
-    write_predictions(tmp_path, "lora_xnli_smollm2", "lora", "en", [True, True, True, True])
-    table = replica.headline(replica.run_names(["smollm2"], ["xnli"]), tmp_path)
-    lora = table["smollm2"]["xnli"]["lora"]
-    # de differences 0, 100, 100, 0: mean 50, sample sd 57.735, s.e. 57.735 / 2
-    assert lora["non_en_vs_base"] == pytest.approx(50.0)
-    assert lora["non_en_vs_base_se"] == pytest.approx(100 / 3 ** 0.5 / 2)
-    assert table["smollm2"]["xnli"]["base"]["non_en_vs_base_se"] == 0.0
-    assert "| LoRA r=4 | 87.5 | 100.0 | 75.0 | +50.0 ± 28.9 |" in replica.render_headline(table)
-    # XQuAD scores per question are the F1 each prediction carries
-    write_results(tmp_path, "base_xquad_smollm2", "base", "xquad", {"base": {"en": 0.0, "de": 10.0}})
-    write_predictions(tmp_path, "base_xquad_smollm2", "base", "de", [10.0, 30.0], key="f1")
-    assert replica.per_example(tmp_path, "base_xquad_smollm2", "base", "f1") == {("de", "q0"): 10.0, ("de", "q1"): 30.0}
+# --- the findings' rules -----------------------------------------------------------------------------
+
+def scenario(runs_dir, patterns, task="xnli", languages=("en", "de", "sw")):
+    """One run per method; patterns {method: {lang or "*": rule}} ("*": every language not named)."""
+    for method, rules in patterns.items():
+        per_language = {l: pattern(rules.get(l, rules["*"])) for l in languages}
+        fake_run(runs_dir, f"{method}_{task}_smollm2", method, task, per_language)
+
+
+def judge(runs_dir, task="xnli"):
+    table, _ = replica.headline(runs_dir, ["smollm2"], [task], n_resamples=N_RESAMPLES)
+    return replica.findings(table, runs_dir, N_RESAMPLES)["smollm2"][task]
+
+
+def third(i):
+    return i % 3 == 0
+
+
+def test_findings_hold(tmp_path):
+    scenario(tmp_path, dict(
+        base={"*": third},
+        lora={"*": lambda i: i % 6 == 0, "en": lambda i: True},  # learns English, loses the others
+        prefix={"*": lambda i: i % 3 != 2},
+        adapter={"*": third},
+        soft_prompt={"*": third, "sw": lambda i: i % 3 != 2}))  # as good as prefix tuning on Swahili
+    marks = judge(tmp_path)
+    assert {k: m["verdict"] for k, m in marks.items()} == dict(
+        prefix_over_lora=replica.HOLDS, soft_prompt_low_resource=replica.HOLDS, lora_degrades=replica.HOLDS)
+    assert marks["prefix_over_lora"]["best"] == "prefix"
+    assert marks["prefix_over_lora"]["differences"]["prefix"]["mean"] == pytest.approx(100 * (40 / 60 - 10 / 60))
+    assert marks["soft_prompt_low_resource"]["low_resource"] == ["sw"]
+    assert marks["soft_prompt_low_resource"]["vs_best_prefix"]["mean"] == 0.0
+    assert marks["lora_degrades"]["difference"]["mean"] == pytest.approx(100 * (10 / 60 - 20 / 60))
+    text = replica.render_findings({"smollm2": {"xnli": marks}})
+    assert "| LoRA degrading non-English | smollm2 | xnli | **holds** | LoRA − base non-English -16.7" in text
+
+
+def test_findings_do_not_hold(tmp_path):
+    scenario(tmp_path, dict(
+        base={"*": third},
+        lora={"*": lambda i: i % 3 != 2},
+        prefix={"*": third},
+        adapter={"*": third},
+        soft_prompt={"*": third, "sw": lambda i: False}))
+    marks = judge(tmp_path)
+    assert {k: m["verdict"] for k, m in marks.items()} == dict(
+        prefix_over_lora=replica.DOES_NOT_HOLD, soft_prompt_low_resource=replica.DOES_NOT_HOLD,
+        lora_degrades=replica.DOES_NOT_HOLD)
+
+
+def test_findings_cannot_tell_when_differences_are_within_noise(tmp_path):
+    def flip(*pairs):  # the base pattern with question a dropped and question b added, for each pair
+        drop, add = {a for a, _ in pairs}, {b for _, b in pairs}
+        return lambda i: (third(i) and i not in drop) or i in add
+
+    scenario(tmp_path, dict(base={"*": third}, lora={"*": flip((0, 1))}, prefix={"*": flip((3, 4))},
+                            adapter={"*": third}, soft_prompt={"*": third, "sw": flip((6, 7))}))
+    marks = judge(tmp_path)
+    assert {k: m["verdict"] for k, m in marks.items()} == dict(
+        prefix_over_lora=replica.CANNOT_TELL, soft_prompt_low_resource=replica.CANNOT_TELL,
+        lora_degrades=replica.CANNOT_TELL)
+    assert "over the target 2.0: too few examples" in marks["lora_degrades"]["numbers"]
+
+
+def test_findings_cannot_tell_without_low_resource_languages_or_runs(tmp_path):
+    scenario(tmp_path, dict(base={"*": third}, lora={"*": lambda i: i % 6 == 0},
+                            prefix={"*": lambda i: i % 3 != 2}, soft_prompt={"*": lambda i: True}),
+             task="xquad", languages=("en", "de"))
+    marks = judge(tmp_path, "xquad")
+    assert marks["prefix_over_lora"]["verdict"] == replica.HOLDS  # LLaMA-Adapter not run: prefix tuning alone
+    assert list(marks["prefix_over_lora"]["differences"]) == ["prefix"]
+    assert marks["soft_prompt_low_resource"]["verdict"] == replica.CANNOT_TELL
+    assert "no low-resource language" in marks["soft_prompt_low_resource"]["numbers"]
+    scenario(tmp_path, dict(base={"*": third}, soft_prompt={"*": third}), task="belebele",
+             languages=("eng_Latn", "deu_Latn"))
+    marks = judge(tmp_path, "belebele")
+    assert marks["prefix_over_lora"] == dict(verdict=replica.CANNOT_TELL,
+                                             numbers="not run yet: LoRA r=4, Prefix tuning, LLaMA-Adapter")
+    assert marks["lora_degrades"]["verdict"] == replica.CANNOT_TELL
+
+
+def test_verdict_rule_and_low_resource_difference_agree_with_report_compare(tmp_path):
+    assert replica.verdict([0.1, 3.0]) == replica.HOLDS and replica.verdict([-3.0, -0.1]) == replica.DOES_NOT_HOLD
+    assert replica.verdict([-1.0, 1.0]) == replica.CANNOT_TELL and replica.verdict(None) == replica.CANNOT_TELL
+    assert replica.verdict([-3.0, -0.1], above_holds=False) == replica.HOLDS
+    assert replica.verdict([0.0, 2.0]) == replica.CANNOT_TELL  # an interval touching 0 does not exclude it
+    scenario(tmp_path, dict(base={"*": third}, lora={"*": lambda i: i % 4 == 0, "sw": lambda i: i % 5 == 0}))
+    group = replica.group_difference(tmp_path, ["base_xnli_smollm2"], ["lora_xnli_smollm2"], ["de", "sw"], N_RESAMPLES)
+    direct = report.compare(tmp_path, ["base_xnli_smollm2", "lora_xnli_smollm2"], n_resamples=N_RESAMPLES)
+    assert group == direct["entries"][1]["difference"]["non_en"]
