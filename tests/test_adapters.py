@@ -306,3 +306,20 @@ def test_tiny_llama_with_kernel_matches_torch_path(method):
     assert outs["triton"][1].keys() == outs["torch"][1].keys()
     for name, grad in outs["torch"][1].items():
         torch.testing.assert_close(outs["triton"][1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("method", ["adapter", "lora"])
+def test_frozen_head_multiplies_the_last_position_in_one_product(method):
+    """Generation feeds the head hidden[:, -1:, :], a strided view; with the head frozen, torch's
+    matmul then copied the whole head weight per row (aten::bmm over (B, H, vocab)). attach makes the
+    head's input contiguous: the same logits, through one matrix product."""
+    model = tiny(vocab_size=4099).eval()
+    ids = torch.randint(0, 4099, (5, 9))
+    adapters.attach(model, method)
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as prof:
+        out = model(input_ids=ids, logits_to_keep=1).logits
+    copies = [e for e in prof.events() if e.name == "aten::bmm" and any(4099 in s for s in e.input_shapes if s)]
+    assert not copies, [e.input_shapes for e in copies]
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, -1:]
+    torch.testing.assert_close(out, full)
