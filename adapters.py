@@ -356,9 +356,8 @@ def _contiguous_head_input(model):
     copy of the weight: 2.7 GB copied per prefill at batch 8 for Gemma 3's 262k-token head, ~20 s on
     a CPU core, 3.4x the base model's whole evaluation time. A contiguous input folds (0.06 s)."""
     head = model.get_output_embeddings()
-    if head is not None and not getattr(head, "xprefix_contiguous", False):
-        head.register_forward_pre_hook(_contiguous_input)
-        head.xprefix_contiguous = True
+    if head is not None and getattr(head, "xprefix_contiguous", None) is None:
+        head.xprefix_contiguous = head.register_forward_pre_hook(_contiguous_input)  # its handle, to undo
 
 
 def attach(model, method, *, attn_backend="auto", seed=0, **settings):

@@ -159,6 +159,10 @@ def detach(model):
         for handle in decoder.soft_prompt.handles:
             handle.remove()
         del decoder.soft_prompt
+    head = model.get_output_embeddings()
+    if getattr(head, "xprefix_contiguous", None) is not None:  # attach's contiguous-input hook on the head
+        head.xprefix_contiguous.remove()
+        del head.xprefix_contiguous
     model.xprefix_config = None
     model.requires_grad_(False)
 
