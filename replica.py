@@ -61,8 +61,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import config as C
 import data
 import report
@@ -267,29 +265,6 @@ def verdict(ci, above_holds=True):
     return CANNOT_TELL
 
 
-def group_difference(runs_dir, specs_a, specs_b, languages, n_resamples=2000, seed=0, level=0.95):
-    """dict(mean, se, ci) of b minus a over `languages` (each weighing equally), per example the mean
-    over each side's seeds: report.compare's difference for a group it does not form (low-resource
-    languages), from the same pieces, so on one of its groups the two agree."""
-    a = [report.load_entry(runs_dir, s) for s in specs_a]
-    b = [report.load_entry(runs_dir, s) for s in specs_b]
-    for entry in a[1:] + b:
-        report.check_same_examples(a[0], entry, languages)
-
-    def pooled(entries):
-        return {l: (entries[0]["examples"][l][0], np.mean([e["examples"][l][1] for e in entries], 0))
-                for l in languages}
-
-    pa, pb = pooled(a), pooled(b)
-    diffs = {l: (pa[l][0], pb[l][1] - pa[l][1]) for l in languages}
-    return stats.summarize(diffs, {"group": list(languages)}, n_resamples, seed, level)["group"]
-
-
-def _fmt_diff(cell):
-    se = "" if cell["se"] is None else f" ± {cell['se']:.1f}"
-    return f"{cell['mean']:+.1f}{se} [{cell['ci'][0]:+.1f}, {cell['ci'][1]:+.1f}]"
-
-
 def _seeds_note(rows, methods):
     return "; seeds " + ", ".join(f"{report.METHOD_NAMES[m]} {rows[m]['n_seeds']}" for m in methods)
 
@@ -315,7 +290,8 @@ def prefix_over_lora(runs_dir, cell, n_resamples=2000):
                             n_resamples=n_resamples, level=cell["level"])
     diffs = {m: e["difference"]["non_en"] for m, e in zip(have, result["entries"][1:])}
     best = max(have, key=lambda m: rows[m]["non_en"])
-    text = "; ".join(f"{report.METHOD_NAMES[m]} − LoRA non-English {_fmt_diff(d)}" for m, d in diffs.items())
+    text = "; ".join(f"{report.METHOD_NAMES[m]} − LoRA non-English {stats.fmt_pm(d, signed=True, ci=True)}"
+                     for m, d in diffs.items())
     mark = dict(verdict=verdict(diffs[best]["ci"]), best=best, differences=diffs,
                 numbers=f"{text} (better: {report.METHOD_NAMES[best]}){_seeds_note(rows, ('lora', *have))}")
     return _too_small(mark, diffs[best]["se"], cell["target_se"])
@@ -331,20 +307,28 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
     missing = _missing(rows, ("base", "soft_prompt")) or (None if have else _missing(rows, PREFIX_METHODS))
     if missing:
         return missing
+    # report.compare's "resource:low" average: the soft prompt and each prefix method against the base
+    # model, then the soft prompt against the better prefix method; every side pooled over its seeds
     level = cell["level"]
-    gain = group_difference(runs_dir, rows["base"]["runs"], rows["soft_prompt"]["runs"], low, n_resamples, level=level)
-    others = {m: group_difference(runs_dir, rows["base"]["runs"], rows[m]["runs"], low, n_resamples, level=level)
-              for m in have}
+    specs = rows["base"]["runs"] + [s for m in ("soft_prompt", *have) for s in rows[m]["runs"]]
+    result = report.compare(runs_dir, specs, n_resamples=n_resamples, level=level)
+    key = next((k for k in ("resource:low", "avg") if sorted(result["members"].get(k, [])) == sorted(low)), None)
+    if key is None:
+        return dict(verdict=CANNOT_TELL,
+                    numbers=f"the runs do not all score the low-resource languages {', '.join(low)}")
+    gain, *prefixes = [e["difference"][key] for e in result["entries"][1:]]
+    others = dict(zip(have, prefixes))
     best = max(have, key=lambda m: others[m]["mean"])
-    against = group_difference(runs_dir, rows[best]["runs"], rows["soft_prompt"]["runs"], low, n_resamples,
-                               level=level)
+    result = report.compare(runs_dir, rows[best]["runs"] + rows["soft_prompt"]["runs"], n_resamples=n_resamples,
+                            level=level)
+    against = result["entries"][1]["difference"][key]
     if DOES_NOT_HOLD in (verdict(gain["ci"]), verdict(against["ci"])):
         outcome = DOES_NOT_HOLD
     else:  # not behind the better prefix method: held if the gain over the base model is shown
         outcome = verdict(gain["ci"])
     mark = dict(verdict=outcome, low_resource=low, vs_base=gain, vs_best_prefix=against, best=best,
-                numbers=f"on {', '.join(low)}: soft prompt − base {_fmt_diff(gain)}, soft prompt − "
-                        f"{report.METHOD_NAMES[best]} {_fmt_diff(against)}"
+                numbers=f"on {', '.join(low)}: soft prompt − base {stats.fmt_pm(gain, signed=True, ci=True)}, "
+                        f"soft prompt − {report.METHOD_NAMES[best]} {stats.fmt_pm(against, signed=True, ci=True)}"
                         f"{_seeds_note(rows, ('soft_prompt', best))}")
     return _too_small(mark, max(gain["se"] or 0, against["se"] or 0), cell["target_se"])
 
@@ -357,7 +341,8 @@ def lora_degrades(cell):
     lora = rows["lora"]
     diff = dict(mean=lora["non_en_vs_base"], se=lora["non_en_vs_base_se"], ci=lora["non_en_vs_base_ci"])
     mark = dict(verdict=verdict(diff["ci"], above_holds=False), difference=diff,
-                numbers=f"LoRA − base non-English {_fmt_diff(diff)}{_seeds_note(rows, ('lora',))}")
+                numbers=f"LoRA − base non-English {stats.fmt_pm(diff, signed=True, ci=True)}"
+                        f"{_seeds_note(rows, ('lora',))}")
     return _too_small(mark, diff["se"], cell["target_se"])
 
 
@@ -387,11 +372,9 @@ def change(row, target):
     and interval; the s.e. in bold with a warning where it is over the target."""
     if row["non_en_vs_base"] is None:
         return ""
-    se, (low, high) = row["non_en_vs_base_se"], row["non_en_vs_base_ci"]
-    if se is None:
-        return f"{row['non_en_vs_base']:+.1f} [{low:+.1f}, {high:+.1f}]"
-    se_text = f"**{se:.1f} > {target}**" if row["se_over_target"] else f"{se:.1f}"
-    return f"{row['non_en_vs_base']:+.1f} ± {se_text} [{low:+.1f}, {high:+.1f}]"
+    cell = dict(mean=row["non_en_vs_base"], se=row["non_en_vs_base_se"], ci=row["non_en_vs_base_ci"])
+    marked = f"**{cell['se']:.1f} > {target}**" if cell["se"] is not None and row["se_over_target"] else None
+    return stats.fmt_pm(cell, signed=True, ci=True, se_text=marked)
 
 
 def render_headline(table):

@@ -144,8 +144,8 @@ def example_scores(runs_dir, name, row, results, metric=None) -> dict:
 
 
 def group_members(languages, by, task=None):
-    """{group: [languages]} by script or family (Belebele: the paper's families), for the languages
-    with that metadata; {} when they fall in fewer than two groups."""
+    """{group: [languages]} by script, family (Belebele: the paper's families) or resource level, for
+    the languages with that metadata; {} when they fall in fewer than two groups."""
     key = "paper_family" if by == "family" and task == "belebele" else by
     known = [l for l in languages if key in data.LANGUAGES.get(l, {})]
     groups = list(dict.fromkeys(data.LANGUAGES[l][key] for l in known))
@@ -155,14 +155,15 @@ def group_members(languages, by, task=None):
 
 
 def averages(languages, task=None):
-    """{key: (label, [languages])}: all languages, the non-English ones, and each script and family."""
+    """{key: (label, [languages])}: all languages, the non-English ones, each script and family, and
+    the low- and high-resource languages (keys "resource:low", "resource:high")."""
     out = {"avg": (f"avg ({len(languages)})", list(languages))}
     others = [l for l in languages if data.LANGUAGES.get(l, {}).get("name") != "English"]
     if 0 < len(others) < len(languages):
         out["non_en"] = (f"non-English ({len(others)})", others)
-    for by in ("script", "family"):
+    for by in ("script", "family", "resource"):
         for group, members in group_members(languages, by, task).items():
-            name = f"{SCRIPT_NAMES.get(group, group)} script" if by == "script" else group
+            name = dict(script=f"{SCRIPT_NAMES.get(group, group)} script", resource=f"{group}-resource").get(by, group)
             out[f"{by}:{group}"] = (f"{name} ({len(members)})", members)
     return out
 
@@ -226,12 +227,13 @@ def render_per_language(table, languages, rows):
 
 
 def render_groups(table, languages, rows, by):
-    """Mean per script or family, ours and the paper's over the same languages of the table."""
+    """Mean per script, family or resource level, ours and the paper's over the same languages of the table."""
     members = group_members(languages, by, table.get("task"))
     if not members:
         return None
     groups = list(members)
-    header = [by] + [f"{SCRIPT_NAMES.get(g, g) if by == 'script' else g} ({len(members[g])})" for g in groups]
+    name = dict(script=lambda g: SCRIPT_NAMES.get(g, g), resource=lambda g: f"{g}-resource").get(by, str)
+    header = [by] + [f"{name(g)} ({len(members[g])})" for g in groups]
     lines = []
     for row, (ours, paper) in rows.items():
         cells = [fmt_cell(with_average(ours, members[g]), with_average(paper, members[g]) if paper else None,
@@ -515,14 +517,6 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95):
                 entries=out_entries)
 
 
-def fmt_pm(cell, signed=False):
-    """"45.1 ± 1.2", the s.e. left out where there is none."""
-    if cell["mean"] is None:
-        return "-"
-    text = f"{cell['mean']:+.1f}" if signed else f"{cell['mean']:.1f}"
-    return text + ("" if cell.get("se") is None else f" ± {cell['se']:.1f}")
-
-
 def render_compare(result):
     """Markdown: languages and averages as rows; each entry's score (± s.e. over examples, seed sd),
     and each later entry's difference to the first (± paired s.e. [bootstrap interval])."""
@@ -536,11 +530,9 @@ def render_compare(result):
         for i, entry in enumerate(entries):
             score = entry["scores"][key]
             sd = "" if score["seed_sd"] is None else f" (sd {score['seed_sd']:.1f})"
-            cells.append(fmt_pm(score) + sd)
+            cells.append(stats.fmt_pm(score) + sd)
             if i:
-                diff = entry["difference"][key]
-                low, high = diff["ci"]
-                cells.append(f"{fmt_pm(diff, signed=True)} [{low:+.1f}, {high:+.1f}]")
+                cells.append(stats.fmt_pm(entry["difference"][key], signed=True, ci=True))
         lines.append([label if key in result["n_examples"] else f"**{label}**"] + cells)
     n = sorted(set(result["n_examples"].values()))
     notes = [f"{result['task']} {result['metric']}; {'/'.join(map(str, n))} examples per language; "
@@ -603,7 +595,7 @@ def build_report(tables, runs, out_path, title, command):
                       if source}
             errors = {row: e for row, e in errors.items() if e}
             lines += [render_per_language(table, languages, rows), ""]
-            for by in ("script", "family"):
+            for by in ("script", "family", "resource"):
                 grouped = render_groups(table, languages, rows, by)
                 if grouped:
                     lines += [f"By {by} (mean over the languages above):", "", grouped, ""]

@@ -94,6 +94,24 @@ def summarize(values, groups, n_resamples=0, seed=0, level=0.95):
     return out
 
 
+def fmt_ci(ci):
+    """"[+2.4, +11.5]": an interval, signed, to one decimal; "" where there is none."""
+    return "" if ci is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
+def fmt_pm(cell, signed=False, ci=False, se_text=None):
+    """A summarize cell as text, the one format every table uses: "45.1 ± 1.2"; `signed` for a
+    difference, "+6.9 ± 2.3"; `ci` adds its interval, "+6.9 ± 2.3 [+2.4, +11.5]". The s.e. is left out
+    where there is none, `se_text` prints in its place (e.g. marked over a target); "-" with no mean."""
+    if cell.get("mean") is None:
+        return "-"
+    text = f"{cell['mean']:+.1f}" if signed else f"{cell['mean']:.1f}"
+    if se_text is not None or cell.get("se") is not None:
+        text += f" ± {se_text if se_text is not None else format(cell['se'], '.1f')}"
+    interval = fmt_ci(cell.get("ci")) if ci else ""
+    return text + (f" {interval}" if interval else "")
+
+
 def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=0.95):
     """{key: dict(mean, se, ci)} of ours - base per language and for "avg" and "non_en" (languages
     but `english`), on examples both scored; ours and base as {lang: (ids, values)}. Raises
@@ -122,8 +140,6 @@ def gain_table(ours, base, languages, english, metric, label="gain", n_resamples
                  non_en=f"non-English avg ({len(languages) - 1})")
     lines = [f"| {metric} {label} | mean ± s.e. | {round(100 * level)}% CI |", "|---|---:|---:|"]
     for key, cell in gain.items():
-        se = "" if cell["se"] is None else f" ± {cell['se']:.1f}"
-        ci = "" if cell["ci"] is None else f"[{cell['ci'][0]:+.1f}, {cell['ci'][1]:+.1f}]"
         bold = "**" if key in ("avg", "non_en") else ""
-        lines.append(f"| {bold}{names[key]}{bold} | {cell['mean']:+.1f}{se} | {ci} |")
+        lines.append(f"| {bold}{names[key]}{bold} | {fmt_pm(cell, signed=True)} | {fmt_ci(cell['ci'])} |")
     return "\n".join(lines), gain

@@ -311,12 +311,20 @@ def test_findings_cannot_tell_without_low_resource_languages_or_runs(tmp_path):
     assert marks["lora_degrades"]["verdict"] == replica.CANNOT_TELL
 
 
-def test_verdict_rule_and_low_resource_difference_agree_with_report_compare(tmp_path):
+def test_verdict_rule_and_low_resource_numbers_are_report_compares(tmp_path):
     assert replica.verdict([0.1, 3.0]) == replica.HOLDS and replica.verdict([-3.0, -0.1]) == replica.DOES_NOT_HOLD
     assert replica.verdict([-1.0, 1.0]) == replica.CANNOT_TELL and replica.verdict(None) == replica.CANNOT_TELL
     assert replica.verdict([-3.0, -0.1], above_holds=False) == replica.HOLDS
     assert replica.verdict([0.0, 2.0]) == replica.CANNOT_TELL  # an interval touching 0 does not exclude it
-    scenario(tmp_path, dict(base={"*": third}, lora={"*": lambda i: i % 4 == 0, "sw": lambda i: i % 5 == 0}))
-    group = replica.group_difference(tmp_path, ["base_xnli_smollm2"], ["lora_xnli_smollm2"], ["de", "sw"], N_RESAMPLES)
-    direct = report.compare(tmp_path, ["base_xnli_smollm2", "lora_xnli_smollm2"], n_resamples=N_RESAMPLES)
-    assert group == direct["entries"][1]["difference"]["non_en"]
+    # two low-resource languages (sw, ur) among four: the finding reads compare's resource:low average
+    scenario(tmp_path, dict(base={"*": third}, prefix={"*": third, "ur": lambda i: i % 2 == 0},
+                            soft_prompt={"*": third, "sw": lambda i: i % 3 != 2}), languages=("en", "de", "sw", "ur"))
+    marks = judge(tmp_path)["soft_prompt_low_resource"]
+    assert marks["low_resource"] == ["sw", "ur"] and marks["best"] == "prefix"
+    direct = report.compare(tmp_path, ["base_xnli_smollm2", "soft_prompt_xnli_smollm2"], n_resamples=N_RESAMPLES)
+    assert direct["members"]["resource:low"] == ["sw", "ur"] and direct["labels"]["resource:low"] == "low-resource (2)"
+    assert marks["vs_base"] == direct["entries"][1]["difference"]["resource:low"]
+    assert marks["vs_base"]["mean"] == pytest.approx(100 * (40 / 60 - 20 / 60) / 2)  # sw gains, ur does not
+    against = report.compare(tmp_path, ["prefix_xnli_smollm2", "soft_prompt_xnli_smollm2"], n_resamples=N_RESAMPLES)
+    assert marks["vs_best_prefix"] == against["entries"][1]["difference"]["resource:low"]
+    assert marks["vs_best_prefix"]["mean"] == pytest.approx(100 * ((40 - 20) / 60 - (30 - 20) / 60) / 2)

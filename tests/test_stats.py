@@ -53,3 +53,14 @@ def test_gain_table_reads_records_and_prints_every_row():
     assert gain["de"]["mean"] == pytest.approx(7.5)
     assert gain["non_en"]["mean"] == pytest.approx(7.5) and gain["avg"]["mean"] == pytest.approx(8.75)
     assert "| en | +10.0 ± 0.0 |" in md and "non-English avg (1)" in md and md.count("\n") == 5
+
+
+def test_fmt_pm_is_the_one_mean_se_interval_format():
+    cell = dict(mean=6.93, se=2.31, ci=[2.44, 11.5])
+    assert stats.fmt_pm(cell) == "6.9 ± 2.3"
+    assert stats.fmt_pm(cell, signed=True, ci=True) == "+6.9 ± 2.3 [+2.4, +11.5]"
+    assert stats.fmt_pm(dict(mean=-4.0, se=None, ci=[-11.0, 3.0]), signed=True, ci=True) == "-4.0 [-11.0, +3.0]"
+    assert stats.fmt_pm(dict(mean=1.0, se=3.6, ci=None), signed=True, ci=True) == "+1.0 ± 3.6"
+    assert stats.fmt_pm(cell, signed=True, se_text="**2.3 > 1.5**") == "+6.9 ± **2.3 > 1.5**"
+    assert stats.fmt_pm(dict(mean=None, se=None, ci=None)) == "-"
+    assert stats.fmt_ci(None) == "" and stats.fmt_ci([-0.04, 0.05]) == "[-0.0, +0.1]"
