@@ -14,9 +14,12 @@ finished, then `evaluate.py` (which resumes per language) unless results.json is
 current. Every method is trained on English only.
 
 Seeds: the base model is evaluated once (its scores do not depend on a training seed); each trained
-method runs once per --seeds value. Seed 0 is the runs.yaml entry as it stands (runs/<name>); seed
-s > 0 is the same entry with `--seed s --out_dir <its out_dir>/seed<s>` (runs/seed<s>/<name>), so
-folders never collide. eval_seed stays the entry's (0) for every seed: all seeds score the same
+method runs once per --seeds value. Seed 0 is the runs.yaml entry as it stands (<out_dir>/<name>);
+seed s > 0 is the same entry with `--seed s --out_dir <its out_dir>/seed<s>` (<out_dir>/seed<s>/<name>),
+so folders never collide. The entries' out_dir is results/replica/runs, committed (checkpoints and logs
+aside): each session runs on a new machine, and resumes from the finished runs and languages that
+landed. They compute in float32 on every machine, so runs made on CPUs with and without native bf16
+pair with each other and with the base model. eval_seed stays the entry's (0) for every seed: all seeds score the same
 examples, and their per-example scores pair with the base model's.
 
 Writes to --out (default results/replica/), always over every model, task, method and seed that has
@@ -131,7 +134,7 @@ def seed_runs(name, values, seeds):
     if cfg.method == "base":
         return [(name, cfg, [])]
     if cfg.seed != 0:
-        raise SystemExit(f"{name}: runs.yaml gives seed {cfg.seed}; replica.py keeps seed 0 in runs/<name> and "
+        raise SystemExit(f"{name}: runs.yaml gives seed {cfg.seed}; replica.py keeps seed 0 in <out_dir>/<name> and "
                          f"chooses the others with --seeds, so its entries leave seed at 0")
     out = []
     for seed in seeds:

@@ -172,13 +172,13 @@ def bench_model(name, args, task, out):
 
     # prefill and generation, base model
     row(rows, name, "prefill", shape, timed({dt: lambda m=m: prefill(m, ids, mask) for dt, m in nets.items()},
-                                            args.reps, args.warmup))
+                                            args.dtype_reps, args.dtype_warmup))
     questions = task.eval_examples("en", args.data_dir, subset="articles_32_47", n=s["questions"], seed=0)
     prompts = [task.prompt(ex) for ex in questions]
     gen_ids, gen_mask = left_padded(tokenizer, [data.prompt_ids(tokenizer, p, s["gen_prompt"])
                                                 for p in prompts[:s["gen_batch"]]])
     gen = timed({dt: lambda m=m: greedy(m, tokenizer, gen_ids, gen_mask, s["new_tokens"]) for dt, m in nets.items()},
-                args.reps, args.warmup)
+                args.dtype_reps, args.dtype_warmup)
     row(rows, name, f"greedy generation, {s['new_tokens']} new tokens", f"{gen_ids.shape[0]} x {gen_ids.shape[1]}",
         gen)
 
@@ -189,8 +189,9 @@ def bench_model(name, args, task, out):
     answers, scores, seconds = {}, {}, {}
     for dt, m in nets.items():
         start = time.perf_counter()
-        answers[dt] = evaluate.generate(m, tokenizer, prompts, s["gen_batch"], "cpu", task.max_new_tokens, task.stop,
-                                        False, 1.0, 1.0, max_length=s["eval_length"])
+        answers[dt] = evaluate.generate(m, tokenizer, prompts, batch_size=s["gen_batch"], device="cpu",
+                                        max_new_tokens=task.max_new_tokens, stop=task.stop,
+                                        max_length=s["eval_length"])
         seconds[dt] = time.perf_counter() - start
         scores[dt] = [task.score(text, ex) for text, ex in zip(answers[dt], questions)]
     f1 = {dt: statistics.mean(sc["f1"] for sc in scores[dt]) for dt in DTYPES}
@@ -215,12 +216,14 @@ def bench_model(name, args, task, out):
         adapters.attach(m, "prefix", attn_backend="torch", seed=0)
         m.train()
     steps = {dt: make_step(m, ids, mask, labels, full_vocab=False) for dt, m in nets.items()}
-    row(rows, name, "train step (prefix), answer-only loss", shape, timed(steps, args.reps, args.warmup))
+    row(rows, name, "train step (prefix), answer-only loss", shape,
+        timed(steps, args.dtype_reps, args.dtype_warmup))
     if args.profile:
         print_profile(name, "train step (prefix), answer-only loss", steps, tokenizer.vocab_size, out)
     if ids.numel() * tokenizer.vocab_size * 4 <= 2**30:  # the fp32 logits of every position: at most 1 GiB
         full = {dt: make_step(m, ids, mask, labels, full_vocab=True) for dt, m in nets.items()}
-        row(rows, name, "train step (prefix), loss on all logits", shape, timed(full, args.reps, args.warmup))
+        row(rows, name, "train step (prefix), loss on all logits", shape,
+            timed(full, args.dtype_reps, args.dtype_warmup))
         if args.profile:
             print_profile(name, "train step (prefix), loss on all logits", full, tokenizer.vocab_size, out)
         with torch.no_grad():  # the same loss: answer_loss only skips the positions that carry no label
@@ -308,14 +311,19 @@ SIZES = dict(full=dict(batch=4, length=384, questions=16, gen_batch=8, gen_promp
                         eval_length=128, sort_length=None, train_count=16))
 
 
+EMULATED = " (bf16 is emulated on this CPU, several times slower: one run each, no warm-up)"
+
+
 def markdown(out):
     lines = [f"\n## CPU: bf16 against fp32, and other CPU costs ({out['date']})\n",
              f"`{out['command']}` on {out['cpu']} ({os.cpu_count()} logical cores, torch capability "
              f"{out['capability']}, torch threads: {out['threads']}), torch {out['torch']}, transformers "
              f"{out['transformers']}; load average {out['load_before']:.1f} before, {out['load_after']:.1f} after. "
              f"{out['auto_message']}; probe: a bf16 matmul runs {out['probe_speedup']:.2g}x as fast as fp32. "
-             f"Medians of {out['reps']} runs after {out['warmup']} warm-up, fp32 and bf16 in alternation. bf16/fp32 "
-             f"below 1: bf16 is faster.\n",
+             f"bf16 against fp32: medians of {out['dtype_reps']} run(s) after {out['dtype_warmup']} warm-up, in "
+             f"alternation{EMULATED if out['dtype_reps'] < out['reps'] else ''}"
+             f"; other costs: medians of {out['reps']} runs after {out['warmup']} warm-up. bf16/fp32 below 1: bf16 is "
+             f"faster.\n",
              "| model | what | shape | fp32 s | bf16 s | bf16/fp32 |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['what']} | {r['shape']} | {r['fp32_s']:.3f} | {r['bf16_s']:.3f} | {r['ratio']:.2f} |"
               for r in out["rows"]]
@@ -348,15 +356,28 @@ def main():
                         "train step, fp32 against bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     parser.add_argument("--reps", type=int, default=None, help="timed runs per cell (default 3; --quick 1)")
+    parser.add_argument("--size", nargs="+", default=[], metavar="KEY=N",
+                        help=f"change a shape, e.g. length=512 (keys: {', '.join(SIZES['full'])})")
+    parser.add_argument("--full-bf16", action="store_true", help="where bf16 is emulated (no AMX or AVX-512 BF16), "
+                        "time the bf16/fp32 cells with --reps and a warm-up too; by default they run once there")
     parser.add_argument("--json", default=None, help="default benchmarks/results_cpu.json (--quick: none)")
     parser.add_argument("--results-md", default=None, help="append here; default benchmarks/RESULTS.md (--quick: none)")
     args = parser.parse_args()
-    args.sizes = SIZES["quick" if args.quick else "full"]
+    args.sizes = dict(SIZES["quick" if args.quick else "full"])
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if key not in args.sizes or not value.isdigit():
+            parser.error(f"--size {item}: expected KEY=N with KEY one of {', '.join(args.sizes)} and N a whole number")
+        args.sizes[key] = int(value)
     args.reps = args.reps or (1 if args.quick else 3)
     args.warmup = 0 if args.quick else 1
     if not args.quick:
         args.json = args.json or str(ROOT / "benchmarks" / "results_cpu.json")
         args.results_md = args.results_md or str(ROOT / "benchmarks" / "RESULTS.md")
+    # where bf16 is emulated it is several times slower, so its ratio needs no median: one run of each
+    native = models.cpu_bf16_native()[0]
+    args.dtype_reps, args.dtype_warmup = ((args.reps, args.warmup) if native or args.quick or args.full_bf16
+                                          else (1, 0))
     args.default_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -367,10 +388,11 @@ def main():
                torch=torch.__version__, transformers=transformers.__version__, auto_dtype=str(auto).removeprefix("torch."),
                auto_reason=why, auto_message=models.dtype_message("auto", "cpu", auto),
                probe_speedup=models._bf16_speedup(), load_before=os.getloadavg()[0], reps=args.reps,
-               warmup=args.warmup, sizes=args.sizes, rows=[], quality=[], costs=[], train_padding=[], loss_check=[], profile=[])
+               warmup=args.warmup, dtype_reps=args.dtype_reps, dtype_warmup=args.dtype_warmup, sizes=args.sizes, rows=[], quality=[], costs=[], train_padding=[], loss_check=[], profile=[])
     print(f"{out['cpu']} | torch {out['torch']} capability {out['capability']}, {out['threads']} threads | "
           f"{out['auto_message']} | probe: bf16 matmul {out['probe_speedup']:.2g}x fp32 | load {out['load_before']:.1f}"
-          + (" | --quick: not a measurement" if args.quick else ""), flush=True)
+          + (" | --quick: not a measurement" if args.quick else "")
+          + (EMULATED.replace(" (", " | ").rstrip(")") if args.dtype_reps < args.reps else ""), flush=True)
     task = data.load_task("xquad")
     for name in args.models:
         bench_model(name, args, task, out)

@@ -26,7 +26,8 @@ def test_every_replica_run_is_in_runs_yaml_with_its_method_task_and_model():
         method, task, model = name.split("_" + cfg.task + "_")[0], cfg.task, name.rsplit("_", 1)[1]
         assert (cfg.method, cfg.task, cfg.model) == (method, task, models[model]), name
         assert name in runs
-        assert cfg.seed == 0 and cfg.eval_seed == 0, name  # seed 0 lives in runs/<name>; --seeds adds the others
+        assert cfg.seed == 0 and cfg.eval_seed == 0, name  # seed 0 lives in <out_dir>/<name>; --seeds adds the others
+        assert cfg.dtype == "float32", name  # the same numbers whichever CPU a session gets
     # every method of a (model, task) shares data and sizes: only the method differs
     for model in replica.MODELS:
         for task in replica.TASKS:
@@ -69,7 +70,9 @@ def test_seeds_go_to_their_own_folders_and_score_the_same_examples(tmp_path):
         parsed = C.overrides_from_args(parser.parse_args(["--out_dir", str(tmp_path)] + args))
         assert C.get_run(name, parsed) == cfg, key
     # a relative out_dir resolves against runs.yaml's folder, as the yaml value does
-    assert C.get_run(name, {"out_dir": "runs/seed1"}).run_dir == C.get_run(name).run_dir.parent / "seed1" / name
+    assert C.get_run(name).run_dir == C.RUNS_FILE.parent / "results" / "replica" / "runs" / name  # committed
+    seed1 = C.get_run(name, {"out_dir": "results/replica/runs/seed1"})
+    assert seed1.run_dir == C.get_run(name).run_dir.parent / "seed1" / name
     (key, base, args), = replica.seed_runs("base_xnli_smollm2", {}, [0, 1, 2])  # the base model: once
     assert (key, base.seed, args) == ("base_xnli_smollm2", 0, [])
 
