@@ -223,7 +223,7 @@ def cpu_bf16_native():
             return False, "cpu has neither AMX nor avx512_bf16: bf16 matmuls would be emulated"
     speedup = _bf16_speedup()
     why = f"ONEDNN_MAX_CPU_ISA={capped}, " if capped else ""
-    return speedup >= 1.25, f"{why}measured: a bf16 matmul runs {speedup:.2g}x as fast as fp32"
+    return speedup >= 1.25, f"{why}measured: a bf16 matmul runs {speedup:.2f}x as fast as fp32"
 
 
 def auto_dtype(device):

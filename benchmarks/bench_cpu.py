@@ -319,7 +319,7 @@ def markdown(out):
              f"`{out['command']}` on {out['cpu']} ({os.cpu_count()} logical cores, torch capability "
              f"{out['capability']}, torch threads: {out['threads']}), torch {out['torch']}, transformers "
              f"{out['transformers']}; load average {out['load_before']:.1f} before, {out['load_after']:.1f} after. "
-             f"{out['auto_message']}; probe: a bf16 matmul runs {out['probe_speedup']:.2g}x as fast as fp32. "
+             f"{out['auto_message']}; probe: a bf16 matmul runs {out['probe_speedup']:.2f}x as fast as fp32. "
              f"bf16 against fp32: medians of {out['dtype_reps']} run(s) after {out['dtype_warmup']} warm-up, in "
              f"alternation{EMULATED if out['dtype_reps'] < out['reps'] else ''}"
              f"; other costs: medians of {out['reps']} runs after {out['warmup']} warm-up. bf16/fp32 below 1: bf16 is "
@@ -390,7 +390,7 @@ def main():
                probe_speedup=models._bf16_speedup(), load_before=os.getloadavg()[0], reps=args.reps,
                warmup=args.warmup, dtype_reps=args.dtype_reps, dtype_warmup=args.dtype_warmup, sizes=args.sizes, rows=[], quality=[], costs=[], train_padding=[], loss_check=[], profile=[])
     print(f"{out['cpu']} | torch {out['torch']} capability {out['capability']}, {out['threads']} threads | "
-          f"{out['auto_message']} | probe: bf16 matmul {out['probe_speedup']:.2g}x fp32 | load {out['load_before']:.1f}"
+          f"{out['auto_message']} | probe: bf16 matmul {out['probe_speedup']:.2f}x fp32 | load {out['load_before']:.1f}"
           + (" | --quick: not a measurement" if args.quick else "")
           + (EMULATED.replace(" (", " | ").rstrip(")") if args.dtype_reps < args.reps else ""), flush=True)
     task = data.load_task("xquad")

@@ -42,9 +42,9 @@ def fake_cpu(monkeypatch, machine="x86_64", amx=False, avx512_bf16=False, flags=
     (dict(avx512_bf16=True), (True, "cpu has avx512_bf16")),
     (dict(flags={"avx2", "avx512f", "avx512_bf16"}), (True, "cpu has avx512_bf16")),  # torch's checks missing
     (dict(flags={"avx2", "fma"}), (False, "cpu has neither AMX nor avx512_bf16: bf16 matmuls would be emulated")),
-    (dict(machine="aarch64", flags={"asimd", "bf16"}, speedup=2.5), (True, "measured: a bf16 matmul runs 2.5x as fast as fp32")),
-    (dict(machine="aarch64", flags={"asimd"}, speedup=0.3), (False, "measured: a bf16 matmul runs 0.3x as fast as fp32")),
-    (dict(flags=None, speedup=1.0), (False, "measured: a bf16 matmul runs 1.0x as fast as fp32")),  # no /proc/cpuinfo
+    (dict(machine="aarch64", flags={"asimd", "bf16"}, speedup=2.5), (True, "measured: a bf16 matmul runs 2.50x as fast as fp32")),
+    (dict(machine="aarch64", flags={"asimd"}, speedup=0.3), (False, "measured: a bf16 matmul runs 0.30x as fast as fp32")),
+    (dict(flags=None, speedup=1.0), (False, "measured: a bf16 matmul runs 1.00x as fast as fp32")),  # no /proc/cpuinfo
 ])
 def test_cpu_decision(fresh_decision, cpu, want):
     fake_cpu(fresh_decision, **cpu)
@@ -55,7 +55,7 @@ def test_cpu_decision(fresh_decision, cpu, want):
 def test_capped_isa_is_measured_not_read_from_flags(fresh_decision):
     fake_cpu(fresh_decision, amx=True, speedup=0.5)
     fresh_decision.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert models.cpu_bf16_native() == (False, "ONEDNN_MAX_CPU_ISA=AVX2, measured: a bf16 matmul runs 0.5x as fast as fp32")
+    assert models.cpu_bf16_native() == (False, "ONEDNN_MAX_CPU_ISA=AVX2, measured: a bf16 matmul runs 0.50x as fast as fp32")
 
 
 def test_probe_is_short():
