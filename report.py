@@ -154,6 +154,12 @@ def group_members(languages, by, task=None):
     return {g: [l for l in known if data.LANGUAGES[l][key] == g] for g in groups}
 
 
+def group_label(by, group, n):
+    """How a table names a group of n languages: "Latin script (7)", "low-resource (2)", "Indo-European (9)"."""
+    name = dict(script=f"{SCRIPT_NAMES.get(group, group)} script", resource=f"{group}-resource").get(by, group)
+    return f"{name} ({n})"
+
+
 def averages(languages, task=None):
     """{key: (label, [languages])}: all languages, the non-English ones, each script and family, and
     the low- and high-resource languages (keys "resource:low", "resource:high")."""
@@ -163,8 +169,7 @@ def averages(languages, task=None):
         out["non_en"] = (f"non-English ({len(others)})", others)
     for by in ("script", "family", "resource"):
         for group, members in group_members(languages, by, task).items():
-            name = dict(script=f"{SCRIPT_NAMES.get(group, group)} script", resource=f"{group}-resource").get(by, group)
-            out[f"{by}:{group}"] = (f"{name} ({len(members)})", members)
+            out[f"{by}:{group}"] = (group_label(by, group, len(members)), members)
     return out
 
 
@@ -232,8 +237,7 @@ def render_groups(table, languages, rows, by):
     if not members:
         return None
     groups = list(members)
-    name = dict(script=lambda g: SCRIPT_NAMES.get(g, g), resource=lambda g: f"{g}-resource").get(by, str)
-    header = [by] + [f"{name(g)} ({len(members[g])})" for g in groups]
+    header = [by] + [group_label(by, g, len(members[g])) for g in groups]
     lines = []
     for row, (ours, paper) in rows.items():
         cells = [fmt_cell(with_average(ours, members[g]), with_average(paper, members[g]) if paper else None,

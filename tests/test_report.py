@@ -64,6 +64,18 @@ def test_both_groupings_of_belebele_agree_on_shared_languages():
             assert differ in ({}, {"snd_Arab": (55.8, 55.9)}), (script, row, differ)
 
 
+def test_group_tables_and_compare_name_groups_alike():
+    """The report's group tables and compare's averages label each group the same way."""
+    languages = list(data.load_task("xnli").languages)
+    labels = {label for label, _ in report.averages(languages, "xnli").values()}
+    rows = {"base": ({l: float(i) for i, l in enumerate(languages)}, None)}
+    for by in ("script", "family", "resource"):
+        header = report.render_groups({"task": "xnli"}, languages, rows, by).splitlines()[0]
+        columns = [c.strip() for c in header.strip("|").split("|")][1:]
+        assert len(columns) >= 2 and set(columns) <= labels, (by, columns, labels)
+    assert "low-resource (2)" in labels and "Latin script (7)" in labels  # en vi sw de es fr tr
+
+
 def write_results(runs_dir, name, method, task, values, metric="accuracy"):
     """A results.json as evaluate.py writes it: base row plus the method's row."""
     languages = list(values)
