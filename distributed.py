@@ -127,6 +127,8 @@ def map_batches(compute, order, batch_size):
     """
     results = [None] * len(order)
     batches = my_batches(order, batch_size)
+    # within a language: an XQuAD language is minutes of CPU work; leave=False clears it when done
+    bar = tqdm(total=sum(map(len, batches)), unit="ex", leave=False, disable=not is_rank0() or len(batches) < 2)
     while batches:
         try:
             out = compute(batches[0])
@@ -136,6 +138,9 @@ def map_batches(compute, order, batch_size):
             batch_size = _halve_on_oom(batch_size, len(batches[0]))
             batches = [b[i:i + batch_size] for b in batches for i in range(0, len(b), batch_size)]
             continue
-        for index, result in zip(batches.pop(0), out):
+        done = batches.pop(0)
+        for index, result in zip(done, out):
             results[index] = result
+        bar.update(len(done))
+    bar.close()
     return gather(results)

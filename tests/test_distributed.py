@@ -138,3 +138,11 @@ def test_bad_parallel_settings_are_one_message(tmp_path, tiny_model_dir, shared_
     fails(train.main, path, match=["batch_size 4 is the global batch", "3 processes", "multiple of 3"])
     fails(train.main, path, "--batch_size", "6", "--parallel", "fsdp", "--method", "full",
           match=["method 'full'", "--parallel ddp"])
+
+
+def test_map_batches_returns_every_result_in_order_and_shows_progress(capsys):
+    import distributed
+    order = [4, 0, 3, 1, 2]  # batched in this order, returned by index
+    out = distributed.map_batches(lambda batch: [10 * i for i in batch], order, batch_size=2)
+    assert out == [0, 10, 20, 30, 40]
+    assert "/5 " in capsys.readouterr().err  # a bar over the 5 examples while the 3 batches run
