@@ -293,9 +293,11 @@ def _flash_backward(do, q, k, v, out, lse, state, causal, scale, window, key_sta
                          state["rng"], state["unused"], scale=scale, **state["window_kw"])
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
     cu_q, cu_k = state["cu"]
+    # the op reads the log-sum-exp through its pointer as a contiguous (H, total_q) array; at M = 1 the
+    # merged lse's reshape is a strided view, not a copy (wrong dq, dk, dv for B > 1 on an H200)
     dq, dk, dv = bwd(dout_t.reshape(B * M, Hq, D), qt.reshape(B * M, Hq, D), kt.reshape(B * N, Hkv, D),
                      vt.reshape(B * N, Hkv, D), ot.reshape(B * M, Hq, D),
-                     lse.transpose(0, 1).reshape(Hq, B * M), cu_q, cu_k, state["max_q"], N, 0.0, causal,
+                     lse.transpose(0, 1).reshape(Hq, B * M).contiguous(), cu_q, cu_k, state["max_q"], N, 0.0, causal,
                      state["rng"], state["unused"], scale=scale, **state["window_kw"])
     return (dq.view(B, M, Hq, D).transpose(1, 2), dk.view(B, N, Hkv, D).transpose(1, 2),
             dv.view(B, N, Hkv, D).transpose(1, 2))

@@ -118,10 +118,18 @@ def _check(case, shared=True, scale=None, attention=prefix_attention):
                             tensors, do, **kw)
     atol = 1e-5 if dtype == torch.float32 else 1e-3
     _compare("out", out, ref_hi, ref_lo, 2, atol)
+    # A flash backward takes each row's rowsum(p * dp) as rowsum(dO * O), with O rounded to the output
+    # dtype. Where the reference's own error vanishes (a row seeing one key, as with window 1: p = 1
+    # and the true term is exactly 0), that rounding is the whole error of dq, dk and dpk: eps / 2 per
+    # product, summed over D like a random walk, times |q| or |k| and the softmax scale (3x margin).
+    sm_scale = D ** -0.5 if scale is None else scale
+    delta_err = torch.finfo(dtype).eps / 2 * (do * ref_hi.to(do.dtype)).norm(dim=-1).max().item()
+    qk = max(t.abs().max().item() for t in tensors[:2])
     names = [n for n, t in zip(["dq", "dk", "dv", "dpk", "dpv", "dgate"], tensors) if t is not None]
     for name, g, g_hi, g_lo in zip(names, grads, grads_hi, grads_lo):
-        scale = g_hi.abs().max().item() if g_hi.numel() else 1.0
-        _compare(name, g, g_hi, g_lo, 3, atol * max(1.0, scale))
+        g_scale = g_hi.abs().max().item() if g_hi.numel() else 1.0
+        rounding = 3 * delta_err * qk * sm_scale if name in ("dq", "dk", "dpk") else 0.0
+        _compare(name, g, g_hi, g_lo, 3, atol * max(1.0, g_scale) + rounding)
 
 
 @pytest.mark.parametrize("case", _grid(), ids=_case_id)

@@ -10,9 +10,12 @@ import torch
 import adapters
 from test_adapters import batch, tiny
 
+# the Triton backend runs compiled on a GPU, interpreted on the CPU (conftest sets TRITON_INTERPRET there)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def both_backends(method="prefix"):
-    base = tiny(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    base = tiny(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2).to(DEVICE)
     torch_model = copy.deepcopy(base)
     adapters.attach(torch_model, method, n_prefix_tokens=3, attn_backend="torch")
     triton_model = copy.deepcopy(torch_model)
@@ -31,7 +34,7 @@ def packed_mask(lengths):
 @pytest.mark.parametrize("method", ["prefix", "adapter"])
 def test_masks_the_kernel_represents_equal_the_torch_path(method):
     torch_model, triton_model = both_backends(method)
-    ids, mask = batch()  # left padding
+    ids, mask = (t.to(DEVICE) for t in batch())  # left padding
     right = torch.ones_like(mask)
     right[1, -4:] = 0  # right padding, as training batches are collated
     with torch.no_grad():
@@ -63,6 +66,7 @@ def test_other_masks_are_a_clear_error_on_triton_and_exact_on_torch(kind):
     else:
         kw = dict(attention_mask=torch.zeros(1, 1, 12, 12).masked_fill(~torch.ones(12, 12, dtype=torch.bool).tril(),
                                                                        float("-inf")) + 0.5)
+    ids, kw = ids.to(DEVICE), {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kw.items()}
     with torch.no_grad():
         if kind == "float_bias":
             with pytest.raises(ValueError, match="additive biases"):

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 
 import kernels.split_attention as split  # noqa: E402
 from kernels import prefix_attention  # noqa: E402
-from kernels.prefix_attention import choose_impl  # noqa: E402
+from kernels.prefix_attention import choose_impl, split_is_faster  # noqa: E402
 from kernels.reference import prefix_attention_ref  # noqa: E402
 from test_kernels import _case_id, _check as _check_route, _inputs, _run  # noqa: E402
 
@@ -102,6 +102,9 @@ def _fa2_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, is_causal, return
 
 def _fa2_backward(do, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dropout_p, is_causal, rng, unused, *,
                   scale=None, window_size_left=None, window_size_right=None):
+    # the real op reads softmax_lse through its pointer as a contiguous array, whatever its strides (an
+    # H200 run of 2026-12-04: a strided (H, B*M) view at M = 1 gave dq off by up to 48, silently)
+    lse = lse.as_strided(lse.shape, torch.empty(lse.shape, device="meta").stride(), lse.storage_offset())
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     group = q.shape[-2] // k.shape[-2]
     for n, (qs, ks, b) in enumerate(_fa2_sequences(q, k, cu_q, cu_k)):
@@ -153,6 +156,8 @@ FLASH_GRID = _grid(10, 5, seed=4, dtypes=[torch.float32], dims=[16, 64]) + [
     (torch.bfloat16, "joint", True, 64, (113, 203), 10, (2, 4, 1), True, None),
     (torch.bfloat16, "gated", True, 32, (1, 37), 10, (1, 8, 1), True, 16),
     (torch.float32, "gated", False, 32, (37, 70), 10, (2, 4, 1), True, None),
+    (torch.float32, "joint", True, 32, (1, 37), 10, (3, 4, 1), True, None),  # decoding, several rows
+    (torch.float32, "joint", False, 16, (1, 37), 1, (3, 4, 4), True, None),
 ]
 
 
@@ -271,7 +276,13 @@ def test_impl_choice(monkeypatch):
     q = torch.randn(1, 2, 4, 16, device=DEVICE, dtype=dtype)
     pk = torch.randn(2, 10, 16, device=DEVICE, dtype=dtype)
     monkeypatch.delenv("XPREFIX_ATTN_IMPL", raising=False)
-    assert choose_impl(q, pk) == "fused"  # "auto" keeps the fused kernel until a GPU run measures the split route
+    assert choose_impl(q, pk) == "fused"  # four queries at D = 16: the fused kernel was faster on an H200
+    # decoding at D >= 128 and long training at D = 256 go split on CUDA; never on the CPU interpreter
+    decode = torch.randn(2, 2, 1, 128, device=DEVICE, dtype=dtype)
+    assert choose_impl(decode, pk[..., :1].expand(2, 10, 128)) == ("split" if CUDA else "fused")
+    assert [split_is_faster(M, D, trains) for M, D, trains in
+            [(1, 128, False), (1, 64, False), (1, 256, True), (4096, 256, True), (4096, 256, False),
+             (2048, 256, True), (8192, 128, True)]] == [True, False, True, True, False, False, False]
     assert choose_impl(q, pk, "split") == "split"
     monkeypatch.setenv("XPREFIX_ATTN_IMPL", "fused")
     assert choose_impl(q, pk) == "fused"
