@@ -677,15 +677,21 @@ def _prefix_grads(ctx, dpk, dpv, dot_p, tanh_gate, device):
 IMPLS = ("auto", "fused", "split")
 
 
+def split_is_faster(M, D, trains):
+    """Where the split route beat the fused kernel on an H200 (bf16, P = 10, GQA 4; benchmarks/RESULTS.md,
+    2026-12-04; ratios are time against causal SDPA's fastest backend): decoding, one query, at head
+    dim 128 (joint 0.30-0.68 against 0.19-0.28) and 256 (0.31-0.94 against 0.15-0.17), and training
+    at head dim 256 from 4096 tokens on (forward+backward 0.59-0.63 against 0.51-0.52). Elsewhere the
+    fused kernel was faster (the forward at every N and D, training at D = 64 and 128) or level."""
+    return (M == 1 and D >= 128) or (trains and D >= 256 and M >= 4096)
+
+
 def choose_impl(q, prefix_k, impl=None):
     """The route prefix_attention takes: impl, else $XPREFIX_ATTN_IMPL, else "auto".
 
-    "auto" is the fused kernel, everywhere, until a GPU run has measured the split route: its CUDA
-    sequence part (FlashAttention-2, the op PyTorch's fastest causal SDPA backend calls) has been
-    tested on the CPU only, against a stand-in written from the op's contract. Where it runs (fp16/bf16,
-    compute capability >= 8.0, P <= 64) it should reach that ceiling plus a small prefix kernel;
-    benchmarks/gpu_check.sh measures both routes per shape, and this rule changes with its figures.
-    An explicit "split" that cannot run is a ValueError.
+    "auto" takes the split route on CUDA where it can run (fp16/bf16, compute capability >= 8.0,
+    P <= 64) and split_is_faster says it was measured faster; the fused kernel everywhere else, the
+    CPU interpreter included. An explicit "split" that cannot run is a ValueError.
     """
     from kernels.split_attention import split_unsupported  # imported here: it imports this module
     impl = impl or os.environ.get("XPREFIX_ATTN_IMPL") or "auto"
@@ -698,7 +704,9 @@ def choose_impl(q, prefix_k, impl=None):
         if why:
             raise ValueError(f"impl='split': {why}; use impl='fused' or 'auto'")
         return impl
-    return "fused"  # "split" on CUDA where why is None, once benchmarks/gpu_check.sh has confirmed it
+    if why is None and q.is_cuda and split_is_faster(q.shape[-2], q.shape[-1], torch.is_grad_enabled()):
+        return "split"
+    return "fused"
 
 
 def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, gate=None, *, causal=True, scale=None,
