@@ -677,13 +677,15 @@ def _prefix_grads(ctx, dpk, dpv, dot_p, tanh_gate, device):
 IMPLS = ("auto", "fused", "split")
 
 
-def split_is_faster(M, D, trains):
-    """Where the split route beat the fused kernel on an H200 (bf16, P = 10, GQA 4; benchmarks/RESULTS.md,
-    2026-12-04; ratios are time against causal SDPA's fastest backend): decoding, one query, at head
-    dim 128 (joint 0.30-0.68 against 0.19-0.28) and 256 (0.31-0.94 against 0.15-0.17), and training
-    at head dim 256 from 4096 tokens on (forward+backward 0.59-0.63 against 0.51-0.52). Elsewhere the
-    fused kernel was faster (the forward at every N and D, training at D = 64 and 128) or level."""
-    return (M == 1 and D >= 128) or (trains and D >= 256 and M >= 4096)
+def split_is_faster(M, D):
+    """Where "auto" takes the split route, from an H200 run (bf16, P = 10, GQA 4; benchmarks/RESULTS.md,
+    2026-12-04; ratios are causal SDPA's time over ours): decoding, one query, at head dim 128 (joint
+    0.30-0.68 against the fused kernel's 0.19-0.28) and 256 (0.31-0.94 against 0.15-0.17). The fused
+    kernel was faster for every forward with many queries and for training at D = 64 and 128. Training
+    at D = 256 from 4096 tokens was faster split (forward+backward 0.59-0.63 against 0.51-0.52) but
+    stays fused: the split backward accumulates dq with atomics, so runs would stop being
+    bit-identical (impl="split" takes it on purpose)."""
+    return M == 1 and D >= 128
 
 
 def choose_impl(q, prefix_k, impl=None):
@@ -704,7 +706,7 @@ def choose_impl(q, prefix_k, impl=None):
         if why:
             raise ValueError(f"impl='split': {why}; use impl='fused' or 'auto'")
         return impl
-    if why is None and q.is_cuda and split_is_faster(q.shape[-2], q.shape[-1], torch.is_grad_enabled()):
+    if why is None and q.is_cuda and split_is_faster(q.shape[-2], q.shape[-1]):
         return "split"
     return "fused"
 
