@@ -203,7 +203,7 @@ def test_scores_and_generated_tokens_equal_across_implementations(method):
     if torch.equal(out["peft"][1], reference):
         B.check_cached_generation(peft_model, prompts, sizes["gen_new"])
     else:
-        with pytest.raises(RuntimeError, match="cached generation differs"):
+        with pytest.raises(RuntimeError, match="cached generation is wrong"):
             B.check_cached_generation(peft_model, prompts, sizes["gen_new"])
     B.check_cached_generation(ref, prompts, sizes["gen_new"])  # ours never differs
 
@@ -310,7 +310,7 @@ def test_smoke_run_writes_the_table_and_quotes_failures(tmp_path):
     wrong_cache = "cache" in inspect.signature(LlamaModel.forward).parameters
     generate = cells[("generate", "prefix", "peft", False)]
     if wrong_cache:
-        assert generate["value"] is None and "cached generation differs from uncached" in generate["error"]
+        assert generate["value"] is None and "cached generation is wrong" in generate["error"]
     for key, r in cells.items():
         if key != ("train", "prefix", "peft", True) and not (wrong_cache and r is generate):
             assert r["error"] is None and r["value"] > 0, (key, r["error"])
