@@ -4,6 +4,7 @@
     python replica.py --models smollm2 --tasks xnli belebele
     python replica.py --models gemma3 --tasks xquad --seeds 0 --methods base lora   # a part of it
     python replica.py --report-only            # rebuild the tables from finished runs
+    python replica.py --models gemma3 --plan   # what is left of it, and hours at the rates measured so far
     python replica.py --models smollm2 --tasks xquad --set eval_samples=16   # override a field everywhere
 
 For each model (SmolLM2-135M-Instruct, Gemma 3 270M), task (XNLI: all 15 languages; XQuAD: train
@@ -63,6 +64,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 import config as C
 import data
@@ -174,6 +177,65 @@ def run_one(cfg, args, timings, key, overwrite=False):
         return
     step([sys.executable, "evaluate.py", "--run", cfg.name, *args] + ([] if cfg.method == "base" else ["--no-base"])
          + (["--overwrite"] if overwrite else []), timings, f"{key}/evaluate")
+
+
+# --- what is left, and how long it should take (--plan) ------------------------------------------
+
+def _task_model(folder):
+    """("xquad", "gemma3") of a run folder `[seed<s>/]<method>_<task>_<model>`, or None."""
+    parts = Path(folder).name.rsplit("_", 2)
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[1] in TASKS and parts[2] in MODELS else None
+
+
+def measured(runs_dir, timings):
+    """Seconds measured on finished work, {(task, model): {"train": [...], <language>: [...]}}: training
+    from timings.json (summed over resumes), evaluation per language from each cached language's own
+    `seconds` under runs_dir, every method and seed of that model and task together."""
+    out = {}
+    for key, seconds in timings.items():
+        folder, _, kind = key.rpartition("/")
+        if kind == "train" and isinstance(seconds, (int, float)) and _task_model(folder):
+            out.setdefault(_task_model(folder), {}).setdefault("train", []).append(seconds)
+    for path in sorted(Path(runs_dir).glob("**/eval/*/*.json")):
+        cell = _task_model(path.parents[2])
+        if cell:
+            seconds = json.loads(path.read_text()).get("seconds")
+            if isinstance(seconds, (int, float)):
+                out.setdefault(cell, {}).setdefault(path.stem, []).append(seconds)
+    return out
+
+
+def plan(jobs, runs_dir, timings):
+    """[(run folder, what is done, seconds left or None)] per job, and the markdown table of them.
+    Seconds left are medians of what finished on the same model and task (a median, as a run paused or
+    resumed across sessions records its whole wall time): training if its adapter is missing, plus each
+    language without a cached result. None where nothing of that kind has been measured yet. A cached
+    language counts as done even if evaluate.py would redo it under other settings."""
+    seen = measured(runs_dir, timings)
+    rows = []
+    for key, cfg, _ in jobs:
+        times = seen.get(_task_model(key), {})
+        median = lambda values: float(np.median(values)) if values else None  # noqa: E731
+        languages = cfg.eval_languages or list(data.load_task(cfg.task).languages)
+        row = "base" if cfg.method == "base" else cfg.method
+        missing = [lang for lang in languages if not (cfg.run_dir / "eval" / row / f"{lang}.json").is_file()]
+        trained = cfg.method == "base" or (cfg.run_dir / "adapter" / "adapter_config.json").is_file()
+        if evaluated(cfg):
+            rows.append((key, "finished", 0.0))
+            continue
+        parts = ([] if trained else [median(times.get("train", []))]) + [median(times.get(lang, [])) for lang in missing]
+        left = None if None in parts else sum(parts)
+        done = ("" if trained else "to train, ") + f"{len(languages) - len(missing)}/{len(languages)} languages evaluated"
+        rows.append((key, done, left))
+    known = sum(left for _, _, left in rows if left is not None)
+    unknown = [key for key, _, left in rows if left is None]
+    lines = [f"| `{key}` | {done} | {'?' if left is None else f'{left / 3600:.1f}'} |" for key, done, left in rows]
+    text = "\n".join(["| run | state | hours left |", "|---|---|---:|", *lines, "",
+                      f"{sum(done != 'finished' for _, done, _ in rows)} of {len(rows)} runs to do: {known / 3600:.1f} h at the "
+                      f"rates measured on {', '.join(timings.get('devices', [])) or 'no recorded device'}"
+                      + (f", plus {len(unknown)} run(s) with nothing measured on their model and task yet" if unknown else "")
+                      + "."])
+    return rows, text
 
 
 # --- the headline: every method against the base model, seeds pooled ------------------------------
@@ -439,6 +501,8 @@ def main(argv=None):
                         help="training seeds of each trained method (default 0 1 2); the base model runs once")
     parser.add_argument("--out", default=str(ROOT / "results" / "replica"))
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+    parser.add_argument("--plan", action="store_true",
+                        help="only print what of the chosen work is left and its time at the rates measured so far")
     parser.add_argument("--overwrite", action="store_true",
                         help="let evaluate.py redo cached languages made with other settings (e.g. older sizes)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the intervals")
@@ -458,13 +522,18 @@ def main(argv=None):
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     if timings.get("protocol") != PROTOCOL:  # never add this protocol's times to another's
         timings = dict(protocol=PROTOCOL, **({"before": timings} if timings else {}))
+    runs_dir = Path(C.get_run(run_names(MODELS, TASKS)[0], values).out_dir)
+    _, plan_text = plan(jobs, runs_dir, timings)
+    if args.plan:
+        print(plan_text)
+        return
     if not args.report_only:
+        print(plan_text.rsplit("\n", 1)[-1], flush=True)
         timings["device"] = device_name()
         timings["devices"] = sorted(set(timings.get("devices", [])) | {timings["device"]})
         for key, cfg, seed_args in jobs:
             run_one(cfg, overrides + seed_args, timings, key, args.overwrite)
             C.write_json_atomic(timings_path, timings)
-    runs_dir = Path(C.get_run(run_names(MODELS, TASKS)[0], values).out_dir)
     seeds = sorted(set(SEEDS) | set(args.seeds))
     runs = report.Collector(runs_dir)
     tables = report.tables_for_runs(run_names(MODELS, TASKS), runs, report.load_paper())

@@ -160,6 +160,38 @@ def test_timings_sum_over_resumes():
         replica.step([sys.executable, "-c", "raise SystemExit(1)"], timings, "y/evaluate")
 
 
+
+def test_plan_prices_what_is_left_at_the_median_measured_on_the_same_model_and_task(tmp_path):
+    runs = tmp_path / "runs"
+    jobs = [j for name in ("base_belebele_smollm2", "lora_belebele_smollm2", "lora_xnli_smollm2")
+            for j in replica.seed_runs(name, {"out_dir": str(runs)}, [0, 1])]
+    def cached(spec, row, lang, seconds):
+        path = runs / spec / "eval" / row / f"{lang}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(language=lang, seconds=seconds)))
+    # belebele: English measured three times (median 20), German once (40); one training (100) and an
+    # unrelated model's (not counted)
+    cached("base_belebele_smollm2", "base", "eng_Latn", 10.0)
+    cached("base_belebele_smollm2", "base", "deu_Latn", 40.0)
+    cached("lora_belebele_smollm2", "lora", "eng_Latn", 20.0)
+    cached("seed1/lora_belebele_smollm2", "lora", "eng_Latn", 90.0)
+    (runs / "lora_belebele_smollm2" / "adapter").mkdir(parents=True)
+    (runs / "lora_belebele_smollm2" / "adapter" / "adapter_config.json").write_text("{}")
+    timings = {"devices": ["cpu x"], "lora_belebele_smollm2/train": 100.0, "lora_belebele_gemma3/train": 7.0,
+               "before": {"lora_xnli_smollm2/train": 5.0}}
+    rows, text = replica.plan(jobs, runs, timings)
+    left = {key: seconds for key, _, seconds in rows}
+    assert left["base_belebele_smollm2"] == 0.0  # both languages cached (results.json missing: not finished)
+    assert left["lora_belebele_smollm2"] == 40.0  # trained, German to do
+    assert left["seed1/lora_belebele_smollm2"] == 100.0 + 40.0  # to train, English cached
+    assert left["lora_xnli_smollm2"] is None and left["seed1/lora_xnli_smollm2"] is None  # nothing measured
+    states = {key: state for key, state, _ in rows}
+    assert states["seed1/lora_belebele_smollm2"] == "to train, 1/2 languages evaluated"
+    assert "5 of 5 runs to do: 0.1 h" in text  # 180 s; the base run still has its summary to write and "plus 2 run(s) with nothing measured" in text and "cpu x" in text
+    cached("seed1/lora_belebele_smollm2", "lora", "deu_Latn", 60.0)  # German's median is now 50
+    left = {key: seconds for key, _, seconds in replica.plan(jobs, runs, timings)[0]}
+    assert left["lora_belebele_smollm2"] == 50.0 and left["seed1/lora_belebele_smollm2"] == 100.0
+
 # --- finished runs as evaluate.py leaves them -------------------------------------------------------
 
 def fake_run(runs_dir, spec, method, task, per_language, seed=0):
