@@ -385,7 +385,7 @@ def gain(cfg, rows, languages, metric):
                                  {l: rows["base"][l]["predictions"] for l in languages}, languages, english, metric,
                                  label=f"gain of {cfg.method} over base", seed=cfg.eval_seed)
     return ("\n\n" + md + "\n\nPaired over the same examples: the mean difference ± its standard error, and a 95% "
-            "bootstrap interval (questions resampled together across languages). A gain within about two s.e. of "
+            "bootstrap interval (questions resampled together across the languages that hold the same ones). A gain within about two s.e. of "
             "zero is noise."), table
 
 

@@ -517,7 +517,8 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95):
                 n_examples={l: len(reference[l][0]) for l in languages},
                 labels={k: label for k, (label, _) in keyed.items()}, members=keys,
                 resampling="questions, shared by all languages" if stats.is_parallel(reference) else
-                "examples, within each language", n_resamples=n_resamples, bootstrap_seed=seed, level=level,
+                "examples: within an average whose languages hold the same ids, shared by them; otherwise within each "
+                "language", n_resamples=n_resamples, bootstrap_seed=seed, level=level,
                 entries=out_entries)
 
 

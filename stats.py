@@ -46,9 +46,10 @@ def _resampled_means(rng, matrix, n_resamples):
 
 def bootstrap_means(values, groups, n_resamples=2000, seed=0):
     """(n_resamples, len(groups)): per bootstrap sample, each group's mean over its languages of the
-    language's resampled mean (languages weigh equally, as in the paper's averages). Parallel
-    languages share one draw of example positions; otherwise each language draws its own, in the
-    order of `values`.
+    language's resampled mean (languages weigh equally, as in the paper's averages). Where every
+    language holds the same ids, one draw of example positions serves them all. Otherwise each group
+    is drawn as mean_and_se treats it: a group whose languages hold the same ids shares one draw of
+    its own, any other group takes each language's own independent draw.
 
     Args:
         values: {lang: (ids, per-example values)}, e.g. differences between two runs.
@@ -57,13 +58,18 @@ def bootstrap_means(values, groups, n_resamples=2000, seed=0):
     if n_resamples < 1:
         raise ValueError(f"the number of bootstrap resamples must be at least 1, got {n_resamples}")
     rng = np.random.default_rng(seed)
-    languages = list(values)
     if is_parallel(values):
         means = _resampled_means(rng, np.stack([v for _, v in values.values()]), n_resamples)  # (B, L)
-    else:
-        means = np.stack([_resampled_means(rng, v[None], n_resamples)[:, 0] for _, v in values.values()], 1)
-    position = {lang: i for i, lang in enumerate(languages)}
-    return np.stack([means[:, [position[l] for l in langs]].mean(1) for langs in groups.values()], 1)
+        position = {lang: i for i, lang in enumerate(values)}
+        return np.stack([means[:, [position[l] for l in langs]].mean(1) for langs in groups.values()], 1)
+    own = {lang: _resampled_means(rng, v[None], n_resamples)[:, 0] for lang, (_, v) in values.items()}
+    columns = []
+    for langs in groups.values():
+        if len(langs) > 1 and is_parallel({l: values[l] for l in langs}):
+            columns.append(_resampled_means(rng, np.stack([values[l][1] for l in langs]), n_resamples).mean(1))
+        else:
+            columns.append(np.stack([own[l] for l in langs], 1).mean(1))
+    return np.stack(columns, 1)
 
 
 def mean_and_se(values, languages):
