@@ -52,7 +52,9 @@ a difference, per example the mean over each side's seeds, as report.compare com
   low-resource language here (XQuAD's 12 are all high-resource, and so are eng and deu of Belebele).
 - lora_degrades, "LoRA degrading non-English": LoRA minus base on the non-English average. Holds if
   the CI is below 0, does not hold if above 0, cannot tell if it spans 0.
-Every verdict needs the runs it compares; a missing one makes it "cannot tell", saying which. The
+Every verdict needs the runs it compares; a missing one makes it "cannot tell", saying which. Each
+comparison is made on the headline's languages (those every finished method of the model and task
+scored); where English is not among them, every language counts as non-English. The
 intervals count which examples were drawn, not which training seeds: the seed sd beside them says
 how much a method moves between seeds.
 """
@@ -258,6 +260,14 @@ def _specs(runs_dir, model, task, seeds, notes):
     return out
 
 
+def non_english_key(result, task):
+    """report.compare's key of the non-English average: "non_en"; "avg" where English was not
+    evaluated (every language is then non-English); None where English is the only language."""
+    if ENGLISH[task] not in result["languages"]:
+        return "avg"
+    return "non_en" if "non_en" in result["members"] else None
+
+
 def _cell(score, key):
     cell = score.get(key)
     return (None, None) if cell is None else (cell["mean"], cell["seed_sd"])
@@ -294,15 +304,15 @@ def headline(runs_dir, models=MODELS, tasks=TASKS, seeds=SEEDS, n_resamples=2000
                     f"the seeds of {', '.join(split)} differ in more than their seed (see report.seed_groups); "
                     f"rerun them with the same settings"])
                 continue
-            english, base = ENGLISH[task], "base" in specs
+            english, base, non_en = ENGLISH[task], "base" in specs, non_english_key(result, task)
             methods = {}
             for method, entry in zip(groups, result["entries"]):
                 scores = entry["scores"]
                 row = dict(n_seeds=len(entry["runs"]), seeds=entry["seeds"], runs=entry["runs"])
-                for key, field in (("avg", "avg"), (english, "en"), ("non_en", "non_en")):
+                for key, field in (("avg", "avg"), (english, "en"), (non_en, "non_en")):
                     row[field], row[f"{field}_sd"] = _cell(scores, key)
-                row["non_en_per_seed"] = scores.get("non_en", {}).get("per_seed")
-                diff = entry.get("difference", {}).get("non_en") if base else None
+                row["non_en_per_seed"] = scores.get(non_en, {}).get("per_seed")
+                diff = entry.get("difference", {}).get(non_en) if base else None
                 row.update(non_en_vs_base=diff and diff["mean"], non_en_vs_base_se=diff and diff["se"],
                            non_en_vs_base_ci=diff and diff["ci"],
                            se_over_target=bool(diff and diff["se"] is not None and diff["se"] > TARGET_SE[task]))
@@ -346,14 +356,22 @@ def _missing(rows, needed):
     return dict(verdict=CANNOT_TELL, numbers=f"not run yet: {', '.join(lacking)}") if lacking else None
 
 
-def prefix_over_lora(runs_dir, cell, n_resamples=2000):
+def _no_non_english(cell):
+    return dict(verdict=CANNOT_TELL, numbers=f"no non-English language evaluated ({', '.join(cell['languages'])})")
+
+
+def prefix_over_lora(runs_dir, cell, task, n_resamples=2000):
     rows = cell["methods"]
     have = [m for m in PREFIX_METHODS if m in rows]
     if "lora" not in rows or not have:
         return _missing(rows, ("lora",) + PREFIX_METHODS)
+    # on the headline's languages: the non-English average the better method is chosen by
     result = report.compare(runs_dir, rows["lora"]["runs"] + [s for m in have for s in rows[m]["runs"]],
-                            n_resamples=n_resamples, level=cell["level"])
-    diffs = {m: e["difference"]["non_en"] for m, e in zip(have, result["entries"][1:])}
+                            n_resamples=n_resamples, level=cell["level"], languages=cell["languages"])
+    key = non_english_key(result, task)
+    if key is None:
+        return _no_non_english(cell)
+    diffs = {m: e["difference"][key] for m, e in zip(have, result["entries"][1:])}
     best = max(have, key=lambda m: rows[m]["non_en"])
     text = "; ".join(f"{report.METHOD_NAMES[m]} − LoRA non-English {stats.fmt_pm(d, signed=True, ci=True)}"
                      for m, d in diffs.items())
@@ -376,7 +394,7 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
     # model, then the soft prompt against the better prefix method; every side pooled over its seeds
     level = cell["level"]
     specs = rows["base"]["runs"] + [s for m in ("soft_prompt", *have) for s in rows[m]["runs"]]
-    result = report.compare(runs_dir, specs, n_resamples=n_resamples, level=level)
+    result = report.compare(runs_dir, specs, n_resamples=n_resamples, level=level, languages=cell["languages"])
     key = next((k for k in ("resource:low", "avg") if sorted(result["members"].get(k, [])) == sorted(low)), None)
     if key is None:
         return dict(verdict=CANNOT_TELL,
@@ -385,7 +403,7 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
     others = dict(zip(have, prefixes))
     best = max(have, key=lambda m: others[m]["mean"])
     result = report.compare(runs_dir, rows[best]["runs"] + rows["soft_prompt"]["runs"], n_resamples=n_resamples,
-                            level=level)
+                            level=level, languages=cell["languages"])
     against = result["entries"][1]["difference"][key]
     if DOES_NOT_HOLD in (verdict(gain["ci"]), verdict(against["ci"])):
         outcome = DOES_NOT_HOLD
@@ -404,6 +422,8 @@ def lora_degrades(cell):
     if missing:
         return missing
     lora = rows["lora"]
+    if lora["non_en"] is None:
+        return _no_non_english(cell)
     diff = dict(mean=lora["non_en_vs_base"], se=lora["non_en_vs_base_se"], ci=lora["non_en_vs_base_ci"])
     mark = dict(verdict=verdict(diff["ci"], above_holds=False), difference=diff,
                 numbers=f"LoRA − base non-English {stats.fmt_pm(diff, signed=True, ci=True)}"
@@ -419,7 +439,7 @@ def findings(table, runs_dir, n_resamples=2000):
         for task, cell in tasks.items():
             if not cell["methods"]:
                 continue
-            marks = dict(prefix_over_lora=prefix_over_lora(runs_dir, cell, n_resamples),
+            marks = dict(prefix_over_lora=prefix_over_lora(runs_dir, cell, task, n_resamples),
                          soft_prompt_low_resource=soft_prompt_low_resource(runs_dir, cell, task, n_resamples),
                          lora_degrades=lora_degrades(cell))
             cell["findings"] = out.setdefault(model, {})[task] = marks

@@ -462,12 +462,13 @@ def check_same_examples(a, b, languages):
                 f"examples (eval_samples below a benchmark's size draws them by seed)")
 
 
-def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95):
+def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=None):
     """Every entry of `specs` against the first, on the examples both scored: per language and per
     average, each entry's score (mean over seeds of the per-example score) with its s.e. over
     examples and its spread across seeds, and the difference to the first with the paired s.e. and a
     paired bootstrap interval (the same resample of examples for both; parallel languages resampled
-    together). A single spec "RUN" compares the run's trained row against its base row.
+    together). A single spec "RUN" compares the run's trained row against its base row. `languages`:
+    compare on these (each must be scored by every run), not on every language the runs share.
 
     Returns the report as a JSON-ready dict (see render_compare)."""
     if n_resamples < 1 or not 0 < level < 1:
@@ -484,7 +485,15 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95):
         raise ValueError(f"nothing to compare: {', '.join(specs)} are seeds of one experiment, pooled into one "
                          f"entry; name a run to compare them against first")
     all_languages = list(dict.fromkeys(l for e in entries for l in e["results"]["languages"]))
-    languages = [l for l in all_languages if all(l in e["examples"] for e in entries)]
+    shared = [l for l in all_languages if all(l in e["examples"] for e in entries)]
+    if languages is not None:
+        lacking = [l for l in languages if l not in shared]
+        if lacking or not languages:
+            raise ValueError(f"{', '.join(specs)} do not all score {', '.join(lacking) or 'an empty language list'}"
+                             f"; they share {', '.join(shared) or 'no language'}")
+        languages = list(dict.fromkeys(languages))
+    else:
+        languages = shared
     if not languages:
         raise ValueError(f"{', '.join(specs)} share no language")
     for entry in entries[1:]:

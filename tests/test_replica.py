@@ -363,3 +363,38 @@ def test_verdict_rule_and_low_resource_numbers_are_report_compares(tmp_path):
     against = report.compare(tmp_path, ["prefix_xnli_smollm2", "soft_prompt_xnli_smollm2"], n_resamples=N_RESAMPLES)
     assert marks["vs_best_prefix"] == against["entries"][1]["difference"]["resource:low"]
     assert marks["vs_best_prefix"]["mean"] == pytest.approx(100 * ((40 - 20) / 60 - (30 - 20) / 60) / 2)
+
+def test_findings_compare_on_the_headline_languages_only(tmp_path):
+    # LLaMA-Adapter was not evaluated on sw, so the headline has en, de, ur. On ur the soft prompt equals
+    # prefix tuning; on sw (left out) it is far behind: the verdict must not read sw.
+    scenario(tmp_path, dict(base={"*": third}, lora={"*": third},
+                            prefix={"*": third, "ur": lambda i: i % 3 != 2, "sw": lambda i: True},
+                            soft_prompt={"*": third, "ur": lambda i: i % 3 != 2, "sw": lambda i: False}),
+             languages=("en", "de", "sw", "ur"))
+    fake_run(tmp_path, "adapter_xnli_smollm2", "adapter", "xnli", {l: pattern(third) for l in ("en", "de", "ur")})
+    table, _ = replica.headline(tmp_path, ["smollm2"], ["xnli"], n_resamples=N_RESAMPLES)
+    assert table["smollm2"]["xnli"]["languages"] == ["en", "de", "ur"]
+    marks = replica.findings(table, tmp_path, N_RESAMPLES)["smollm2"]["xnli"]
+    low = marks["soft_prompt_low_resource"]
+    assert low["low_resource"] == ["ur"] and low["vs_best_prefix"]["mean"] == pytest.approx(0.0)
+    assert low["vs_base"]["mean"] == pytest.approx(100 * (40 / 60 - 20 / 60)) and low["verdict"] == replica.HOLDS
+    # prefix tuning against LoRA on de and ur, the languages whose non-English average chose it
+    assert marks["prefix_over_lora"]["differences"]["prefix"]["mean"] == pytest.approx(100 * (40 / 60 - 20 / 60) / 2)
+    with pytest.raises(ValueError, match="do not all score sw"):
+        report.compare(tmp_path, ["base_xnli_smollm2", "adapter_xnli_smollm2"], languages=["en", "sw"])
+
+
+def test_without_english_every_language_is_non_english(tmp_path):
+    scenario(tmp_path, dict(base={"*": third}, lora={"*": lambda i: i % 6 == 0},
+                            prefix={"*": lambda i: i % 3 != 2}), languages=("de", "sw"))
+    table, _ = replica.headline(tmp_path, ["smollm2"], ["xnli"], n_resamples=N_RESAMPLES)
+    rows = table["smollm2"]["xnli"]["methods"]
+    assert rows["lora"]["non_en"] == rows["lora"]["avg"] == pytest.approx(100 * 10 / 60) and rows["lora"]["en"] is None
+    assert rows["lora"]["non_en_vs_base"] == pytest.approx(100 * (10 - 20) / 60)
+    marks = replica.findings(table, tmp_path, N_RESAMPLES)["smollm2"]["xnli"]
+    assert marks["prefix_over_lora"]["verdict"] == replica.HOLDS and marks["lora_degrades"]["verdict"] == replica.HOLDS
+    scenario(tmp_path / "en", dict(base={"*": third}, lora={"*": third}, prefix={"*": third}), languages=("en",))
+    table, _ = replica.headline(tmp_path / "en", ["smollm2"], ["xnli"], n_resamples=N_RESAMPLES)
+    marks = replica.findings(table, tmp_path / "en", N_RESAMPLES)["smollm2"]["xnli"]
+    assert marks["prefix_over_lora"]["verdict"] == marks["lora_degrades"]["verdict"] == replica.CANNOT_TELL
+    assert "no non-English language evaluated (en)" in marks["lora_degrades"]["numbers"]
