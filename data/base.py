@@ -5,7 +5,7 @@ import contextlib
 import hashlib
 import json
 import random
-import string
+import unicodedata
 from pathlib import Path
 
 
@@ -171,16 +171,53 @@ def cut_at_stop(text, stop):
 HARNESS_MAX_NEW_TOKENS = 256  # the harness's HFLM.max_gen_toks, which its XQuAD and MGSM tasks keep
 
 
-def _first_word(text):
-    words = text.strip().split(maxsplit=1)
-    return words[0].strip(string.punctuation + "。，、：").casefold() if words else ""
+def _normal(text):
+    """NFKC (full-width forms, e.g. "，", become ASCII) and casefolded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _is_punct(char):
+    return char.isspace() or unicodedata.category(char)[0] in "PS"  # punctuation and symbols, any script
+
+
+# scripts written without spaces between words: an option's word may run straight into the next
+_UNSPACED = ("CJK ", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
+
+
+def _option_word(option):
+    """An option's first word (split on spaces), punctuation stripped: " Ja, x" -> "ja"."""
+    words = _normal(option).split(maxsplit=1)
+    word = words[0] if words else ""
+    while word and _is_punct(word[0]):
+        word = word[1:]
+    while word and _is_punct(word[-1]):
+        word = word[:-1]
+    return word
+
+
+def _answers_with(text, word):
+    """Whether text (normalised, leading punctuation gone) begins with the word as a word: what follows
+    is the end, a space, punctuation or a symbol, or anything where the word's script has no spaces
+    ("ใช่ครับ" begins with "ใช่"; "As the" does not begin with "a")."""
+    if not word or not text.startswith(word):
+        return False
+    if len(text) == len(word):
+        return True
+    return unicodedata.category(text[len(word)])[0] not in "LMN" or unicodedata.name(word[-1], "").startswith(_UNSPACED)
 
 
 def match_choice(text, choices):
-    """The index of the option whose first word is the generated answer's first word (case and
-    punctuation aside), or None when no option, or more than one, matches: an unmatched answer is wrong."""
-    word = _first_word(text)
-    hits = [i for i, c in enumerate(choices) if word and _first_word(c) == word]
+    """The index of the option whose first word the generated answer begins with (after NFKC, case
+    and leading punctuation or spaces; in scripts without spaces, "是的，他们" and "ใช่ครับ" begin with
+    "是的" and "ใช่"), the longest such word winning; None when no option matches or the longest is
+    more than one option's: an unmatched answer is wrong."""
+    text = _normal(text)
+    while text and _is_punct(text[0]):
+        text = text[1:]
+    words = [_option_word(c) for c in choices]
+    hits = [i for i, w in enumerate(words) if _answers_with(text, w)]
+    longest = max((len(words[i]) for i in hits), default=0)
+    hits = [i for i in hits if len(words[i]) == longest]
     return hits[0] if len(hits) == 1 else None
 
 

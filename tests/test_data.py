@@ -546,6 +546,18 @@ def test_match_choice_first_word_case_and_punctuation():
     harness = [" Ja, x", " Auch, x", " Nein, x"]
     assert data.match_choice(" nein, das", harness) == 2
     assert data.match_choice("yes", [" yes", " Yes!"]) is None  # ambiguous options: no answer
+    assert data.match_choice("Neutralität", nli) is None and data.match_choice("neutral2", nli) is None
+    assert data.match_choice("ｅｎｔａｉｌｍｅｎｔ，因为前提", nli) == 0  # full-width forms, no space after the word
+
+
+@pytest.mark.parametrize("lang, answer, want", [
+    ("zh", "是的，他们", 0), ("zh", "不是的。", 2), ("zh", "是", None),  # no spaces; "是" is no option's word
+    ("th", "ใช่ครับ", 0), ("th", "ไม่ใช่", 2), ("ar", "نعم، الرجل", 0), ("ur", "نہیں، وہ", 2),
+    ("ur", "جی ہاں", 0), ("hi", "हाँ। वह", 0), ("el", "Ναί· ο", 0), ("el", "ΝΑΊ", 0), ("de", "„Nein“", 2),
+    ("es", "Asi que, x", 1), ("en", "Yesterday", None)])
+def test_match_choice_reads_every_script_of_the_harness_options(lang, answer, want):
+    ex = dict(lang=lang, hypothesis="x", premise="y", label=0)
+    assert data.match_choice(answer, data.load_task("xnli").choices(ex, "harness")) == want
 
 
 def test_generate_scoring_matches_options_and_counts_accuracy(shared, monkeypatch, tiny_model_dir):
