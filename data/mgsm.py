@@ -27,12 +27,14 @@ MGSM_PHRASES = {
 # the rest "80,000" and "9.99"; all also leave many ungrouped ("1800"). The files' space is a plain
 # one; the no-break, narrow no-break and thin spaces are what CLDR and typesetters put there
 # (U+00A0 in ru, U+202F in fr), so they count too. es also groups with "." (CLDR's Spanish; the
-# file never does). zh and ja also count in 万 (10,000): ja's questions write "8万ドル".
+# file never does). zh and ja also count in 万 (10,000): ja's questions write "8万ドル"; an answer
+# may chain the units, largest first: "2万5千" is 25,000, "1億2000万" 120,000,000.
 _SPACES = " \u00a0\u202f\u2009"
 _ENGLISH = (",", ".")
 MGSM_SEPARATORS = {lang: _ENGLISH for lang in MGSM_PHRASES}
 MGSM_SEPARATORS.update(de=(".", ","), es=(_SPACES + ".", ","), fr=(_SPACES, ","), ru=(_SPACES, ","))
 _MAN = ("zh", "ja")
+_UNITS = {"百": 100, "千": 1000, "万": 10**4, "萬": 10**4, "亿": 10**8, "億": 10**8}
 
 
 def _number(thousands, decimal):
@@ -48,7 +50,8 @@ def _reader(lang, english_first):
     way round. Each way is its own named group, n0 for the preferred, so a match says which won."""
     ways = list(dict.fromkeys([MGSM_SEPARATORS[lang], _ENGLISH][::-1 if english_first else 1]))
     alternatives = "|".join(f"(?P<n{i}>{_number(*way)})" for i, way in enumerate(ways))
-    man = r"(?:(?P<man>万)(?P<rest>\d{1,4}(?!\d|[.,]\d))?)?" if lang in _MAN else ""  # "5万7500"
+    # "5万7500", "2万5千": units, each with the digits that follow it
+    man = rf"(?P<man>(?:[{''.join(_UNITS)}]\d{{0,4}}(?!\d|[.,]\d))+)?" if lang in _MAN else ""
     # a minus only where it cannot be an operator or a dash: "35-2" is 35 and 2, "Ответ - 18" is 18
     return rf"(?P<sign>(?<!\w)[-−])?(?<!\d)(?<!\d[.,])(?:{alternatives}){man}", ways
 
@@ -64,7 +67,10 @@ def _value(match, ways):
     digits = "".join(c for c in match.group(f"n{i}") if c not in thousands).replace(decimal, ".")
     value = float(digits)  # float reads every script's digits ("１８", "১৮")
     if match.groupdict().get("man"):  # Decimal: 0.3 * 10000 must be 3000 exactly
-        value = float(Decimal(str(value)) * 10000 + int(match.group("rest") or 0))
+        total, current = Decimal(0), Decimal(str(value))
+        for unit, digits in re.findall(rf"([{''.join(_UNITS)}])(\d*)", match.group("man")):
+            total, current = total + current * _UNITS[unit], Decimal(int(digits or 0))
+        value = float(total + current)
     return -value if match.group("sign") else value
 
 
