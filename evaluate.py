@@ -106,11 +106,19 @@ def _prompt_seed(prompt):
     return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:6], "big")
 
 
+def _eos_ids(model):
+    """The token ids that end generation in the model's generation config (one or a list)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts, *, batch_size, device, max_new_tokens, stop=(), do_sample=False,
-             temperature=1.0, top_p=1.0, max_length=None):
+             temperature=1.0, top_p=1.0, max_length=None, with_limit=False):
     """Batched generation with left padding and a KV cache; returns the new text per prompt, cut
-    before the first of the `stop` strings. Prompts are cut from the left so prompt and answer fit
+    before the first of the `stop` strings (`with_limit`: (text, whether the answer ran to
+    max_new_tokens without a stop string or end of sequence, so may be cut short) per prompt).
+    Prompts are cut from the left so prompt and answer fit
     max_length, as training cuts them. Sampling draws each prompt's tokens from a generator of its
     own, seeded by one number drawn from the caller's RNG and the prompt's text, so a prompt samples
     the same in any batch (any eval_batch_size, after halving on out-of-memory, on any rank)."""
@@ -128,11 +136,14 @@ def generate(model, tokenizer, prompts, *, batch_size, device, max_new_tokens, s
                              max_new_tokens=max_new_tokens, stop_strings=list(stop) or None, tokenizer=tokenizer,
                              pad_token_id=tokenizer.pad_token_id, do_sample=False, top_k=None, **sampling)
         texts = []
+        ended = {tokenizer.eos_token_id, tokenizer.pad_token_id} | set(_eos_ids(model))
         for row in range(len(batch)):
-            text = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
+            new = out[row, ids.shape[1]:]
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            at_limit = len(new) == max_new_tokens and new[-1].item() not in ended and not any(s in text for s in stop)
             for s in stop:  # generation stops after a stop string; the answer is what came before
                 text = text.split(s)[0]
-            texts.append(text)
+            texts.append((text, at_limit) if with_limit else text)
         return texts
 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -248,18 +259,22 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
                                 correct=pred == ex["label"], **cut))
         metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
     else:
-        texts = generate(model, tokenizer, prompts, batch_size=cfg.eval_batch_size, device=device,
-                         max_new_tokens=max_new_tokens, stop=task.stop, do_sample=do_sample,
-                         temperature=cfg.temperature, top_p=cfg.top_p, max_length=length)
-        scores = [task.score(text, ex) for ex, text in zip(examples, texts)]
-        for ex, text, score, cut in zip(examples, texts, scores, lost):
-            records.append(dict(id=ex.get("id"), prediction=text, **score, **cut))
+        answers = generate(model, tokenizer, prompts, batch_size=cfg.eval_batch_size, device=device,
+                           max_new_tokens=max_new_tokens, stop=task.stop, do_sample=do_sample,
+                           temperature=cfg.temperature, top_p=cfg.top_p, max_length=length, with_limit=True)
+        scores = [task.score(text, ex) for ex, (text, _) in zip(examples, answers)]
+        for ex, (text, at_limit), score, cut in zip(examples, answers, scores, lost):
+            records.append(dict(id=ex.get("id"), prediction=text, at_limit=at_limit, **score, **cut))
         metrics = {k: sum(s[k] for s in scores) / len(scores) for k in (scores[0] if scores else {})}
     removed = [c["tokens_cut"] for c in lost if c["tokens_cut"]]
     truncation = dict(eval_fit=cfg.eval_fit, length=length, n_candidates=n_candidates,
                       n_fit=None if keep_ids is None else len(keep_ids), n_cut=len(removed),
                       max_tokens_cut=max(removed, default=0), mean_tokens_cut=sum(removed) / max(len(removed), 1),
                       lost={k: sum(c[k] for c in lost) for k in (lost[0] if lost else {}) if k != "tokens_cut"})
+    # generation: answers that ran to max_new_tokens (may be cut short; None for choice scoring by log-likelihood)
+    at_limit = [r["at_limit"] for r in records if "at_limit" in r]
+    truncation["answers_at_limit"] = sum(at_limit) if at_limit else None
+    truncation["max_new_tokens"] = max_new_tokens if at_limit else None
     return dict(language=lang, n=len(records), metrics=metrics, truncation=truncation, predictions=records)
 
 
@@ -338,6 +353,10 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, kee
                 tqdm.write(f"  warning: {row} {lang}: {cut['n_cut']} of {result['n']} prompts cut from the left to "
                            f"fit {cut['length']} tokens (up to {cut['max_tokens_cut']} tokens cut, mean "
                            f"{cut['mean_tokens_cut']:.0f}{lost}); see eval_fit")
+            if cut.get("answers_at_limit"):
+                tqdm.write(f"  warning: {row} {lang}: {cut['answers_at_limit']} of {result['n']} answers ran to "
+                           f"max_new_tokens {cut['max_new_tokens']} without stopping and may be cut short; raise "
+                           f"max_new_tokens")
     return results
 
 
@@ -356,14 +375,17 @@ def tables(rows: dict, languages, metric):
 
 
 def cut_table(rows: dict, languages) -> str:
-    """Markdown of rows x languages: prompts cut to fit / prompts scored, and what the cut ones lost."""
+    """Markdown of rows x languages: prompts cut to fit / prompts scored, what the cut ones lost, and
+    how many generated answers ran to max_new_tokens (may be cut short)."""
     lines = ["| cut / scored | " + " | ".join(languages) + " |", "|" + "---|" * (len(languages) + 1)]
     for row, results in rows.items():
         cells = []
         for lang in languages:
             cut = results[lang]["truncation"]
             lost = "".join(f", {k} {v}" for k, v in cut["lost"].items() if v)
-            cells.append(f"{cut['n_cut']}/{results[lang]['n']}{lost}")
+            limit = (f", {cut['answers_at_limit']} answers at {cut['max_new_tokens']} tokens"
+                     if cut.get("answers_at_limit") else "")
+            cells.append(f"{cut['n_cut']}/{results[lang]['n']}{lost}{limit}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

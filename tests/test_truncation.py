@@ -71,6 +71,25 @@ def test_sampled_answers_do_not_depend_on_the_batch_size(tiny):
     assert want != sample(3, seed=0, do_sample=False)  # and it is really sampled, not greedy
 
 
+def test_answers_that_run_to_max_new_tokens_are_flagged(tiny):
+    model, tokenizer = tiny
+    run = lambda stop=(), limit=True: evaluate.generate(  # noqa: E731
+        model, tokenizer, PROMPTS, batch_size=3, device="cpu", max_new_tokens=4, stop=stop, with_limit=limit)
+    free = run()
+    assert [text for text, _ in free] == run(limit=False)
+    # the raw tokens, one prompt at a time: at the limit unless the answer ended (end of sequence)
+    raw = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        raw.append(model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:])
+    assert [at for _, at in free] == [len(r) == 4 and r[-1].item() != tokenizer.eos_token_id for r in raw]
+    assert any(at for _, at in free)
+    # a stop string the first answer produces at its second token ends that answer before the limit
+    stop = tokenizer.decode(raw[0][1:2])
+    stopped = run(stop=(stop,))
+    assert stopped[0] == (tokenizer.decode(raw[0][:1], skip_special_tokens=True).split(stop)[0], False)
+
+
 def test_row_sampler_draws_from_the_distribution_transformers_samples_from():
     torch.manual_seed(0)
     logits = torch.randn(1, 8) * 2
@@ -178,7 +197,7 @@ def test_subset_is_parallel_fits_every_language_and_ignores_the_cache(tiny_model
                     eval_languages=languages)
     evaluate.run(cfg)
     out = capsys.readouterr().out
-    assert "eval_fit subset:" in out and "warning:" not in out
+    assert "eval_fit subset:" in out and "prompts cut" not in out
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     task = data.load_task("xquad")
     # independently: the held-out questions whose prompt leaves 3 new tokens' room in every language
@@ -225,6 +244,11 @@ def test_cut_mode_warns_and_reports_the_cuts_next_to_the_scores(tiny_model_dir, 
     md = (cfg.run_dir / "results.md").read_text()
     zh = results["truncation"]["base"]["zh"]
     assert "| cut / scored | en | zh |" in md and f"{zh['n_cut']}/4" in md and "eval_fit cut" in md
+    # a random model's 3-token answers run to the limit: counted, warned of and shown beside the cuts
+    preds = json.loads((cfg.run_dir / "eval" / "base" / "zh.json").read_text())["predictions"]
+    assert zh["answers_at_limit"] == sum(p["at_limit"] for p in preds) > 0 and zh["max_new_tokens"] == 3
+    assert f"warning: base zh: {zh['answers_at_limit']} of 4 answers ran to max_new_tokens 3" in out
+    assert f"{zh['answers_at_limit']} answers at 3 tokens" in md
 
 
 def test_results_from_before_eval_fit_are_not_reused(tiny_model_dir, shared_data, tmp_path):
