@@ -214,17 +214,17 @@ def plan(jobs, runs_dir, timings):
     language without a cached result. None where nothing of that kind has been measured yet. A cached
     language counts as done even if evaluate.py would redo it under other settings."""
     seen = measured(runs_dir, timings)
+    median = lambda values: float(np.median(values)) if values else None  # noqa: E731
     rows = []
     for key, cfg, _ in jobs:
+        if evaluated(cfg):
+            rows.append((key, "finished", 0.0))
+            continue
         times = seen.get(_task_model(key), {})
-        median = lambda values: float(np.median(values)) if values else None  # noqa: E731
         languages = cfg.eval_languages or list(data.load_task(cfg.task).languages)
         row = "base" if cfg.method == "base" else cfg.method
         missing = [lang for lang in languages if not (cfg.run_dir / "eval" / row / f"{lang}.json").is_file()]
         trained = cfg.method == "base" or (cfg.run_dir / "adapter" / "adapter_config.json").is_file()
-        if evaluated(cfg):
-            rows.append((key, "finished", 0.0))
-            continue
         parts = ([] if trained else [median(times.get("train", []))]) + [median(times.get(lang, [])) for lang in missing]
         left = None if None in parts else sum(parts)
         done = ("" if trained else "to train, ") + f"{len(languages) - len(missing)}/{len(languages)} languages evaluated"
