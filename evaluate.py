@@ -255,7 +255,7 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
             preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
             kept = [dict(logprobs=s) for s in scores]
         for ex, pred, more, cut in zip(examples, preds, kept, lost):
-            records.append(dict(id=ex.get("id"), label=ex["label"], prediction=pred, **more,
+            records.append(dict(id=ex.get("id"), group=ex.get("group"), label=ex["label"], prediction=pred, **more,
                                 correct=pred == ex["label"], **cut))
         metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
     else:
@@ -264,7 +264,8 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
                            temperature=cfg.temperature, top_p=cfg.top_p, max_length=length, with_limit=True)
         scores = [task.score(text, ex) for ex, (text, _) in zip(examples, answers)]
         for ex, (text, at_limit), score, cut in zip(examples, answers, scores, lost):
-            records.append(dict(id=ex.get("id"), prediction=text, at_limit=at_limit, **score, **cut))
+            records.append(dict(id=ex.get("id"), group=ex.get("group"), prediction=text, at_limit=at_limit, **score,
+                                **cut))
         metrics = {k: sum(s[k] for s in scores) / len(scores) for k in (scores[0] if scores else {})}
     removed = [c["tokens_cut"] for c in lost if c["tokens_cut"]]
     truncation = dict(eval_fit=cfg.eval_fit, length=length, n_candidates=n_candidates,

@@ -500,7 +500,7 @@ HEADLINE_LEGEND = (
     "Scores are means over training seeds (`sd`: their spread across seeds; the base model has no "
     "training seed). Differences to the base model are paired over the same examples, per example "
     "the mean over seeds (report.compare): mean ± s.e. [95% paired bootstrap interval, questions "
-    "resampled together across the languages that hold the same ones]. The intervals count which examples were drawn, not which "
+    "resampled together across the languages that hold the same ones, a passage at a time]. The intervals count which examples were drawn, not which "
     "seeds. Per-language tables with the same statistics: `compare_<task>_<model>.md`.")
 FINDINGS_RULES = (
     "Rules (replica.py's docstring): *prefix methods ahead of LoRA*: the better of prefix tuning and "

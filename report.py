@@ -104,14 +104,15 @@ class Collector:
         if key not in self.example_cache:
             results, self.example_cache[key] = self.get(name), None
             try:
-                self.example_cache[key] = results and example_scores(self.runs_dir, name, row, results, metric)
+                self.example_cache[key] = results and (example_scores(self.runs_dir, name, row, results, metric),
+                                                       example_clusters(self.runs_dir, name, row, results))
             except ValueError as e:
                 self.no_examples.append(str(e))
-        values = self.example_cache[key]
+        values, clusters = self.example_cache[key] or (None, None)
         if not values or not all(l in values for l in languages):
             return {}
-        out = {l: stats.mean_and_se(values, [l])[1] for l in languages}
-        return dict(out, avg=stats.mean_and_se(values, languages)[1])
+        out = {l: stats.mean_and_se(values, [l], clusters)[1] for l in languages}
+        return dict(out, avg=stats.mean_and_se(values, languages, clusters)[1])
 
 
 # --- per-example statistics -----------------------------------------------------------------------
@@ -141,6 +142,41 @@ def example_scores(runs_dir, name, row, results, metric=None) -> dict:
                              f"rerun evaluate.py --run {name} so the two agree")
         out[lang] = (ids, scored)
     return out
+
+
+def example_clusters(runs_dir, name, row, results):
+    """{id: group}: the passage (XQuAD paragraph, XNLI premise, Belebele passage) each example of the
+    row shares with others, as evaluate.py records it, else (predictions from before it did) as the
+    benchmark's local files give it; None for a task whose examples stand alone (MGSM) or where
+    neither says."""
+    found = []
+    for lang in results["languages"]:
+        path = Path(runs_dir) / name / "eval" / row / f"{lang}.json"
+        found.append(stats.clusters_of(json.loads(path.read_text())["predictions"]) if path.is_file() else None)
+    return stats.merge_clusters(found) or clusters_from_data(results)
+
+
+_DATA_CLUSTERS = {}  # (task, data_dir, subset, split, languages): {id: group}; the files are read once
+
+
+def clusters_from_data(results):
+    """{id: group} of every evaluation row of the run's task, subset and split, in each of its
+    languages, read from its local data_dir; None where it has none (the hub is not asked), the files
+    cannot be read, or the task does not group its examples."""
+    config = results.get("config", {})
+    key = (results.get("task"), config.get("data_dir"), config.get("eval_subset"), config.get("eval_split"),
+           tuple(results.get("languages", ())))
+    if key[0] is None or key[1] is None:
+        return None
+    if key not in _DATA_CLUSTERS:
+        try:
+            task = data.load_task(key[0])
+            found = [{ex["id"]: ex.get("group") for ex in task.eval_examples(lang, key[1], subset=key[2], split=key[3])}
+                     for lang in key[4]]
+            _DATA_CLUSTERS[key] = None if any(None in f.values() for f in found) else stats.merge_clusters(found)
+        except (OSError, ValueError, KeyError):
+            _DATA_CLUSTERS[key] = None
+    return _DATA_CLUSTERS[key]
 
 
 def group_members(languages, by, task=None):
@@ -421,7 +457,8 @@ def load_entry(runs_dir, spec):
     if row not in results["rows"]:
         raise ValueError(f"run {name!r} has no row {row!r}; its rows: {', '.join(results['rows'])}")
     return dict(name=name, row=row, results=results, config=results.get("config", {}),
-                examples=example_scores(runs_dir, name, row, results))
+                examples=example_scores(runs_dir, name, row, results),
+                clusters=example_clusters(runs_dir, name, row, results))
 
 
 def _experiment(entry):
@@ -505,12 +542,14 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
     def pooled(group):  # per example, the mean over the group's seeds
         return {l: (group[0]["examples"][l][0], np.mean([e["examples"][l][1] for e in group], 0)) for l in languages}
 
+    # the passages examples share are the benchmark's, whichever run recorded them
+    clusters = next((e["clusters"] for e in entries if e["clusters"] is not None), None)
     out_entries = []
     reference = pooled(groups[0])
     for i, group in enumerate(groups):
         values = pooled(group)
-        scores_ = stats.summarize(values, keys)
-        per_seed = [stats.summarize({l: e["examples"][l] for l in languages}, keys) for e in group]
+        scores_ = stats.summarize(values, keys, clusters=clusters)
+        per_seed = [stats.summarize({l: e["examples"][l] for l in languages}, keys, clusters=clusters) for e in group]
         for key, cell in scores_.items():
             cell["per_seed"] = [s[key]["mean"] for s in per_seed]
             cell["seed_sd"] = float(np.std(cell["per_seed"], ddof=1)) if len(group) > 1 else None
@@ -519,16 +558,26 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
                      seeds=[e["config"].get("seed") for e in group], scores=scores_)
         if i:
             diffs = {l: (values[l][0], values[l][1] - reference[l][1]) for l in languages}
-            entry["difference"] = stats.summarize(diffs, keys, n_resamples, seed, level)
+            entry["difference"] = stats.summarize(diffs, keys, n_resamples, seed, level, clusters)
         out_entries.append(entry)
     return dict(task=task, metric=metric, languages=languages,
                 left_out=[l for l in all_languages if l not in languages],
                 n_examples={l: len(reference[l][0]) for l in languages},
                 labels={k: label for k, (label, _) in keyed.items()}, members=keys,
-                resampling="questions, shared by all languages" if stats.is_parallel(reference) else
-                "examples: within an average whose languages hold the same ids, shared by them; otherwise within each "
-                "language", n_resamples=n_resamples, bootstrap_seed=seed, level=level,
+                resampling=("questions, shared by all languages" if stats.is_parallel(reference) else
+                            "examples: within an average whose languages hold the same ids, shared by them; otherwise "
+                            "within each language")
+                + ("; drawn a passage at a time, with cluster-robust s.e.s" if clusters else
+                   "; drawn one at a time, as no passages are known"),
+                n_resamples=n_resamples, bootstrap_seed=seed, level=level, n_clusters=_count_clusters(clusters, reference),
                 entries=out_entries)
+
+
+def _count_clusters(clusters, values):
+    """{lang: number of passages its examples come from}; None without clusters."""
+    if not clusters:
+        return None
+    return {l: len({clusters.get(i, ("example", i)) for i in ids}) for l, (ids, _) in values.items()}
 
 
 def render_compare(result):
@@ -549,7 +598,9 @@ def render_compare(result):
                 cells.append(stats.fmt_pm(entry["difference"][key], signed=True, ci=True))
         lines.append([label if key in result["n_examples"] else f"**{label}**"] + cells)
     n = sorted(set(result["n_examples"].values()))
-    notes = [f"{result['task']} {result['metric']}; {'/'.join(map(str, n))} examples per language; "
+    passages = sorted(set((result.get("n_clusters") or {}).values()))
+    in_passages = f" in {'/'.join(map(str, passages))} passages" if passages else ""
+    notes = [f"{result['task']} {result['metric']}; {'/'.join(map(str, n))} examples{in_passages} per language; "
              f"`mean ± s.e.` over examples (seed groups: per example the mean over seeds, `sd` the spread of the "
              f"score across seeds); differences to {reference} with the paired s.e. and a "
              f"{100 * result['level']:.0f}% paired bootstrap interval ({result['n_resamples']} resamples of "

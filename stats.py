@@ -5,6 +5,9 @@ between two runs on the same questions. Averages weigh languages equally, as the
 benchmarks are parallel (one id is one question in every language), so where every language holds
 the same ids they are resampled together: an average's interval then counts that a hard question is
 hard in every language, which independent draws per language would hide (too narrow an interval).
+Questions also share passages (XQuAD's paragraphs, XNLI's premises, Belebele's passages): where the
+predictions record them (`group`), examples are drawn a passage at a time and the s.e. is the
+cluster-robust one, for the same reason; without them each example is its own cluster.
 """
 import math
 
@@ -22,6 +25,48 @@ def per_example(predictions, metric, where="predictions"):
     return np.array(ids, dtype=str)[order], values[order]
 
 
+def clusters_of(predictions):
+    """{id: group} from prediction records that carry the passage (or premise) they share with other
+    examples (evaluate.py writes `group`); None where any record lacks one (an older evaluation)."""
+    if not predictions or any(p.get("group") is None for p in predictions):
+        return None
+    return {p["id"]: p["group"] for p in predictions}
+
+
+def merge_clusters(found):
+    """One {id: group} from several languages' (clusters_of each); None if any is None. Raises
+    ValueError where one id lies in two groups: parallel languages share their passages."""
+    if not found or None in found:
+        return None
+    out = {}
+    for clusters in found:
+        for i, group in clusters.items():
+            if out.setdefault(i, group) != group:
+                raise ValueError(f"example {i} is in group {out[i]!r} in one language and {group!r} in another")
+    return out
+
+
+def cluster_numbers(ids, clusters):
+    """(n,) the cluster of each example as a number, by first appearance; each example its own
+    cluster where `clusters` ({id: group}) is None or lacks it."""
+    if clusters is None:
+        return np.arange(len(ids))
+    numbers = {}
+    return np.array([numbers.setdefault(clusters.get(i, ("example", i)), len(numbers)) for i in ids], dtype=int)
+
+
+def cluster_se(x, cluster):
+    """The standard error of the mean of x when its examples come in clusters (numbers 0..G-1) that
+    are drawn together: sqrt(G/(G-1) sum_g (s_g - m_g mean)^2) / n over cluster sums s_g and sizes m_g;
+    with every example its own cluster, the usual sd/sqrt(n). None under two clusters."""
+    n_clusters = int(cluster.max()) + 1 if len(cluster) else 0
+    if n_clusters < 2:
+        return None
+    sums = np.bincount(cluster, weights=x, minlength=n_clusters)
+    sizes = np.bincount(cluster, minlength=n_clusters)
+    return float(math.sqrt(n_clusters / (n_clusters - 1) * ((sums - sizes * x.mean()) ** 2).sum()) / len(x))
+
+
 def is_parallel(values) -> bool:
     """Whether every language holds the same example ids: the same questions in each language (the
     benchmarks are parallel), resampled together so that an average's interval counts how a hard
@@ -35,19 +80,26 @@ def resample_indices(rng, n, n_resamples):
     return rng.integers(0, n, size=(n_resamples, n))
 
 
-def _resampled_means(rng, matrix, n_resamples):
-    """(n_resamples, L) means of resampled columns of `matrix` (L, n), one draw shared by its rows;
-    counts times values instead of gathering, so 2000 x 12 x 1190 stays small and fast."""
-    n = matrix.shape[1]
-    idx = resample_indices(rng, n, n_resamples)
-    counts = np.bincount((idx + n * np.arange(n_resamples)[:, None]).ravel(), minlength=n_resamples * n)
-    return counts.reshape(n_resamples, n) @ matrix.T / n
+def _resampled_means(rng, matrix, n_resamples, cluster=None):
+    """(n_resamples, L) means of resampled columns of `matrix` (L, n), one draw shared by its rows:
+    its clusters (numbers 0..G-1 per column; None: each column its own) drawn with replacement, a
+    row's mean being the drawn clusters' total over their size. Counts times sums instead of
+    gathering, so 2000 x 12 x 1190 stays small and fast."""
+    cluster = np.arange(matrix.shape[1]) if cluster is None else cluster
+    n_clusters = int(cluster.max()) + 1
+    sums = np.stack([np.bincount(cluster, weights=row, minlength=n_clusters) for row in matrix])  # (L, G)
+    sizes = np.bincount(cluster, minlength=n_clusters)
+    idx = resample_indices(rng, n_clusters, n_resamples)
+    counts = np.bincount((idx + n_clusters * np.arange(n_resamples)[:, None]).ravel(),
+                         minlength=n_resamples * n_clusters).reshape(n_resamples, n_clusters)
+    return counts @ sums.T / (counts @ sizes)[:, None]
 
 
-def bootstrap_means(values, groups, n_resamples=2000, seed=0):
+def bootstrap_means(values, groups, n_resamples=2000, seed=0, clusters=None):
     """(n_resamples, len(groups)): per bootstrap sample, each group's mean over its languages of the
-    language's resampled mean (languages weigh equally, as in the paper's averages). Where every
-    language holds the same ids, one draw of example positions serves them all. Otherwise each group
+    language's resampled mean (languages weigh equally, as in the paper's averages). Examples are
+    drawn by cluster (`clusters`, {id: group}: the passage or premise they share; None: each example
+    alone). Where every language holds the same ids, one draw serves them all. Otherwise each group
     is drawn as mean_and_se treats it: a group whose languages hold the same ids shares one draw of
     its own, any other group takes each language's own independent draw.
 
@@ -58,42 +110,47 @@ def bootstrap_means(values, groups, n_resamples=2000, seed=0):
     if n_resamples < 1:
         raise ValueError(f"the number of bootstrap resamples must be at least 1, got {n_resamples}")
     rng = np.random.default_rng(seed)
+    stack = lambda langs: np.stack([values[l][1] for l in langs])  # noqa: E731
+    number = lambda lang: cluster_numbers(values[lang][0], clusters)  # noqa: E731
     if is_parallel(values):
-        means = _resampled_means(rng, np.stack([v for _, v in values.values()]), n_resamples)  # (B, L)
-        position = {lang: i for i, lang in enumerate(values)}
+        langs = list(values)
+        means = _resampled_means(rng, stack(langs), n_resamples, number(langs[0]))  # (B, L)
+        position = {lang: i for i, lang in enumerate(langs)}
         return np.stack([means[:, [position[l] for l in langs]].mean(1) for langs in groups.values()], 1)
-    own = {lang: _resampled_means(rng, v[None], n_resamples)[:, 0] for lang, (_, v) in values.items()}
+    own = {lang: _resampled_means(rng, stack([lang]), n_resamples, number(lang))[:, 0] for lang in values}
     columns = []
     for langs in groups.values():
         if len(langs) > 1 and is_parallel({l: values[l] for l in langs}):
-            columns.append(_resampled_means(rng, np.stack([values[l][1] for l in langs]), n_resamples).mean(1))
+            columns.append(_resampled_means(rng, stack(langs), n_resamples, number(langs[0])).mean(1))
         else:
             columns.append(np.stack([own[l] for l in langs], 1).mean(1))
     return np.stack(columns, 1)
 
 
-def mean_and_se(values, languages):
-    """(mean over `languages` of their means, its standard error over examples; None under 2).
+def mean_and_se(values, languages, clusters=None):
+    """(mean over `languages` of their means, its standard error over examples; None under 2),
+    examples counted in their clusters (`clusters` {id: group}; None: each example alone).
     Parallel languages: the s.e. of the per-question average across languages, which keeps their
     correlation; otherwise the languages' s.e. combined as independent."""
     subset = {l: values[l] for l in languages}
     if is_parallel(subset):
+        ids = next(iter(subset.values()))[0]
         per_question = np.stack([v for _, v in subset.values()]).mean(0)
-        n = len(per_question)
-        return float(per_question.mean()), (float(per_question.std(ddof=1) / math.sqrt(n)) if n > 1 else None)
-    ses = [v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None for _, v in subset.values()]
+        return float(per_question.mean()), cluster_se(per_question, cluster_numbers(ids, clusters))
+    ses = [cluster_se(v, cluster_numbers(i, clusters)) for i, v in subset.values()]
     se = None if None in ses else float(math.sqrt(sum(s * s for s in ses)) / len(ses))
     return float(np.mean([v.mean() for _, v in subset.values()])), se
 
 
-def summarize(values, groups, n_resamples=0, seed=0, level=0.95):
+def summarize(values, groups, n_resamples=0, seed=0, level=0.95, clusters=None):
     """{key: dict(mean, se, ci)} for each group of `groups`; ci is the percentile bootstrap interval
-    at `level` (None without resamples)."""
+    at `level` (None without resamples); examples counted in their `clusters` ({id: group})."""
     if not 0 < level < 1:
         raise ValueError(f"the confidence level must be between 0 and 1, got {level}")
-    out = {key: dict(zip(("mean", "se"), mean_and_se(values, langs)), ci=None) for key, langs in groups.items()}
+    out = {key: dict(zip(("mean", "se"), mean_and_se(values, langs, clusters)), ci=None)
+           for key, langs in groups.items()}
     if n_resamples:
-        means = bootstrap_means(values, groups, n_resamples, seed)
+        means = bootstrap_means(values, groups, n_resamples, seed, clusters)
         low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)], axis=0)
         for i, key in enumerate(groups):
             out[key]["ci"] = [float(low[i]), float(high[i])]
@@ -118,7 +175,7 @@ def fmt_pm(cell, signed=False, ci=False, se_text=None):
     return text + (f" {interval}" if interval else "")
 
 
-def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=0.95):
+def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=0.95, clusters=None):
     """{key: dict(mean, se, ci)} of ours - base per language and for "avg" and "non_en" (languages
     but `english`), on examples both scored; ours and base as {lang: (ids, values)}. Raises
     ValueError where the two did not score the same examples."""
@@ -133,7 +190,7 @@ def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=
     others = [lang for lang in languages if lang != english]
     if 0 < len(others) < len(languages):
         groups["non_en"] = others
-    return summarize(diffs, groups, n_resamples, seed, level)
+    return summarize(diffs, groups, n_resamples, seed, level, clusters)
 
 
 def gain_table(ours, base, languages, english, metric, label="gain", n_resamples=2000, seed=0, level=0.95):
@@ -141,7 +198,8 @@ def gain_table(ours, base, languages, english, metric, label="gain", n_resamples
     each "+6.9 ± 2.3 [+2.4, +11.5]": the paired mean difference, its s.e. over examples and its
     bootstrap interval. ours and base as {lang: prediction records} (evaluate.py's)."""
     read = lambda rows: {l: per_example(rows[l], metric, where=l) for l in languages}  # noqa: E731
-    gain = paired_gain(read(ours), read(base), languages, english, n_resamples, seed, level)
+    clusters = merge_clusters([clusters_of(ours[l]) for l in languages])
+    gain = paired_gain(read(ours), read(base), languages, english, n_resamples, seed, level, clusters)
     names = dict({l: l for l in languages}, avg=f"avg ({len(languages)})",
                  non_en=f"non-English avg ({len(languages) - 1})")
     lines = [f"| {metric} {label} | mean ± s.e. | {round(100 * level)}% CI |", "|---|---:|---:|"]

@@ -75,7 +75,8 @@ class Belebele(Task):
             rows = _read_jsonl(_local(data_dir, f"belebele/{lang}.jsonl",
                                       "belebele/<lang>_<Script>.jsonl in the hub schema"))
         return [dict(r, passage=r["flores_passage"], options=[r[f"mc_answer{k}"] for k in range(1, 5)],
-                     label=int(r["correct_answer_num"]) - 1, id=f"belebele-{i:03d}", lang=lang)
+                     label=int(r["correct_answer_num"]) - 1, id=f"belebele-{i:03d}", lang=lang,
+                     group=f"passage-{r['link']}")  # a passage has two questions
                 for i, r in enumerate(rows)]
 
     def _heldout_links(self, data_dir):

@@ -69,16 +69,22 @@ class XNLI(Task):
     def _eval_rows(self, lang, data_dir, subset, split):
         """Rows of split (None: eval_split); subset "heldout": only rows whose parallel English
         premise source "xnli_en_validation" does not train on, read from validation."""
-        if subset != "heldout":
-            return self._rows(lang, split or self.eval_split, data_dir)
-        if split not in (None, "validation"):
+        if subset == "heldout" and split not in (None, "validation"):
             raise ValueError(f"subset 'heldout' is defined on validation rows, not on split {split!r}")
-        rows = self._rows(lang, "validation", data_dir)
-        train, heldout = self.premise_halves(data_dir)
-        if len(rows) != len(train) + len(heldout):  # the split is by row, so rows must be parallel
-            raise ValueError(f"XNLI {lang} validation has {len(rows)} rows, English has "
-                             f"{len(train) + len(heldout)}: not parallel")
-        return [rows[i] for i in heldout]
+        split = "validation" if subset == "heldout" else split or self.eval_split
+        rows = self._rows(lang, split, data_dir)
+        try:
+            english = rows if lang == "en" else self._rows("en", split, data_dir)
+        except FileNotFoundError:  # a local copy without English: fine for the whole split, ungrouped
+            if subset == "heldout":
+                raise
+            return rows
+        if len(rows) != len(english):  # the held-out half and the premises are by row: rows must be parallel
+            raise ValueError(f"XNLI {lang} {split} has {len(rows)} rows, English has {len(english)}: not parallel")
+        numbers = {}  # each premise has about three hypotheses: its English premise's number groups them
+        for r, en in zip(rows, english):
+            r["group"] = f"premise-{numbers.setdefault(en['premise'], len(numbers))}"
+        return rows if subset != "heldout" else [rows[i] for i in self.premise_halves(data_dir)[1]]
 
     def prompt(self, ex, style="paper"):
         _check_style(style)

@@ -21,11 +21,12 @@ def _squad_rows(doc):
     """Flatten SQuAD v1.1 JSON into one dict per question, with its article index."""
     rows = []
     for article, entry in enumerate(doc["data"]):
-        for paragraph in entry["paragraphs"]:
+        for number, paragraph in enumerate(entry["paragraphs"]):
             for qa in paragraph["qas"]:
                 rows.append(dict(id=qa["id"], title=entry.get("title", ""), context=paragraph["context"],
                                  question=qa["question"], answers=[a["text"] for a in qa["answers"]],
-                                 answer_starts=[a["answer_start"] for a in qa["answers"]], article=article))
+                                 answer_starts=[a["answer_start"] for a in qa["answers"]], article=article,
+                                 group=f"paragraph-{article}.{number}"))
     return rows
 
 
@@ -34,9 +35,17 @@ def _hub_squad_rows(rows, article_sizes=None):
     articles = [a for a, size in enumerate(article_sizes) for _ in range(size)] if article_sizes else None
     if articles is not None and len(articles) != len(rows):
         raise ValueError(f"expected {len(articles)} XQuAD rows from the hub, got {len(rows)}")
-    return [dict(id=r["id"], title=r.get("title", ""), context=r["context"], question=r["question"],
-                 answers=list(r["answers"]["text"]), answer_starts=list(r["answers"]["answer_start"]),
-                 article=articles[i] if articles else None) for i, r in enumerate(rows)]
+    out, number = [], -1
+    for i, r in enumerate(rows):  # a paragraph: a run of rows with one context, numbered within its article
+        article = articles[i] if articles else None
+        if i and articles and article != articles[i - 1]:
+            number = -1
+        if number == -1 or r["context"] != rows[i - 1]["context"]:
+            number += 1
+        out.append(dict(id=r["id"], title=r.get("title", ""), context=r["context"], question=r["question"],
+                        answers=list(r["answers"]["text"]), answer_starts=list(r["answers"]["answer_start"]),
+                        article=article, group=f"paragraph-{article}.{number}" if articles else f"paragraph-{number}"))
+    return out
 
 
 # questions per article of XQuAD (the same in all 12 languages); the hub's flat rows carry no

@@ -177,6 +177,37 @@ def test_xquad_counts_and_parallel_articles(shared):
         assert [(ex["id"], ex["article"]) for ex in rows] == [(ex["id"], ex["article"]) for ex in english]
 
 
+@pytest.mark.parametrize("task_name, languages, subset, n, passages, sizes", [
+    ("xquad", XQUAD_LANGS, "articles_32_47", 364, 80, {3, 4, 5, 8}),  # paragraphs of 3-8 questions
+    ("xnli", ["en", "de", "sw", "ur", "zh"], "heldout", 1245, 415, {3}),  # premises with three hypotheses
+    ("belebele", ["eng_Latn", "deu_Latn"], "heldout", 453, 244, {1, 2})])  # passages with one or two questions
+def test_examples_are_grouped_by_the_passage_they_share_in_every_language(shared, task_name, languages, subset, n,
+                                                                            passages, sizes):
+    task = data.load_task(task_name)
+    split = "validation" if task_name == "xnli" else None
+    groups = [{ex["id"]: ex["group"] for ex in task.eval_examples(l, shared, subset=subset, split=split)}
+              for l in languages]
+    assert all(g == groups[0] for g in groups) and len(groups[0]) == n  # the same passages in every language
+    counts = {}
+    for group in groups[0].values():
+        counts[group] = counts.get(group, 0) + 1
+    assert len(counts) == passages and set(counts.values()) <= sizes
+    if task_name == "xquad":  # a paragraph is one context, within one article, in every language
+        for lang in ("en", "th"):
+            rows = task.eval_examples(lang, shared, subset=subset)
+            context = {}
+            for ex in rows:
+                assert context.setdefault(ex["group"], ex["context"]) == ex["context"]
+                assert ex["group"].startswith(f"paragraph-{ex['article']}.")
+            assert len(context) == passages
+        # the hub's flat rows (no paragraphs) give the same groups, from runs of one context
+        rows = task.eval_examples("de", shared)
+        flat = [dict(id=r["id"], context=r["context"], question=r["question"],
+                     answers=dict(text=r["answers"], answer_start=r["answer_starts"])) for r in rows]
+        assert [r["group"] for r in data.xquad._hub_squad_rows(flat, data.XQUAD_ARTICLE_SIZES)] == \
+            [r["group"] for r in rows]
+
+
 def test_xquad_held_out_articles(shared):
     task = data.load_task("xquad")
     train = task.train_examples(shared, source="xquad_en_articles_0_31")

@@ -142,13 +142,14 @@ def test_report_for_named_runs_finds_the_paper_numbers(tmp_path):
 
 # --- statistics: runs compared on the same examples -------------------------------------------------
 
-def write_scored_run(runs_dir, name, method, task, per_example, **fields):
+def write_scored_run(runs_dir, name, method, task, per_example, groups=None, **fields):
     """A run as evaluate.py leaves it: eval/<row>/<lang>.json per row and language, every prediction
     with its id and score, and results.json with each language's metrics and the saved config.
 
     Args:
         per_example: {row: {lang: {example id: score}}}; XQuAD scores are F1, the others 0 or 100
             (correct or not, kept as evaluate.py keeps a choice task's predictions).
+        groups: {example id: passage} recorded with each prediction, as evaluate.py records them.
     """
     cfg = C.RunConfig(name=name, model="smollm2-135m", method=method, task=task, out_dir=str(runs_dir), **fields)
     meta = dict(config=dataclasses.asdict(cfg), git_commit=None, git_dirty=None, device="cpu",
@@ -166,6 +167,8 @@ def write_scored_run(runs_dir, name, method, task, per_example, **fields):
                 predictions = [dict(id=i, label=0, prediction=0 if s else 1, logprobs=[-1.0, -2.0, -3.0],
                                     correct=bool(s), tokens_cut=0) for i, s in by_id.items()]
                 metrics = dict(accuracy=100.0 * sum(p["correct"] for p in predictions) / len(predictions))
+            for prediction in predictions:
+                prediction["group"] = groups and groups[prediction["id"]]
             truncation = dict(eval_fit="whole", length=None, n_candidates=None, n_fit=None, n_cut=0,
                               max_tokens_cut=0, mean_tokens_cut=0.0, lost={})
             path = runs_dir / name / "eval" / row / f"{lang}.json"
@@ -448,3 +451,86 @@ def test_compare_refuses_bad_options_and_a_lone_entry(tmp_path):
         report.compare(tmp_path, ["lora_xnli_s0", "lora_xnli_s1"], n_resamples=0)
     with pytest.raises(ValueError, match="has no row 'prefix'"):
         report.compare(tmp_path, ["lora_xnli_s0:prefix", "lora_xnli_s1"])
+
+
+# --- questions that share a passage ----------------------------------------------------------------
+
+def test_cluster_se_of_copies_is_the_se_of_the_distinct_values():
+    rng = np.random.default_rng(5)
+    y = rng.normal(3, 10, 40)
+    x, cluster = np.repeat(y, 3), np.repeat(np.arange(40), 3)  # each value three times, in its own cluster
+    assert stats.cluster_se(x, cluster) == pytest.approx(y.std(ddof=1) / np.sqrt(40))
+    assert stats.cluster_se(x, np.arange(120)) == pytest.approx(x.std(ddof=1) / np.sqrt(120))  # sqrt(3) smaller
+    assert stats.cluster_se(x, np.zeros(120, dtype=int)) is None  # one cluster: no s.e.
+
+
+def slow_cluster_bootstrap(values, clusters, n_resamples, seed):
+    """Parallel languages drawn a passage at a time, one resample at a time: draw passages with
+    replacement, each language's mean over every question of the drawn passages."""
+    rng = np.random.default_rng(seed)
+    ids = next(iter(values.values()))[0]
+    number = stats.cluster_numbers(ids, clusters)
+    draws = stats.resample_indices(rng, number.max() + 1, n_resamples)
+    out = np.zeros((n_resamples, len(values)))
+    for b in range(n_resamples):
+        picked = np.concatenate([np.flatnonzero(number == g) for g in draws[b]])
+        out[b] = [v[picked].mean() for _, v in values.values()]
+    return out
+
+
+def test_questions_sharing_a_passage_are_drawn_together():
+    rng = np.random.default_rng(6)
+    ids = np.array([f"q{i:03d}" for i in range(60)])
+    clusters = {i: f"p{int(i[1:]) % 17}" for i in ids}  # 17 passages of 3-4 questions, not contiguous in id order
+    passage = np.array([int(i[1:]) % 17 for i in ids])
+    effect = rng.normal(0, 20, 17)[passage]  # a passage's questions move together
+    values = {l: (ids, effect + rng.normal(0, 5, 60)) for l in ("en", "de")}
+    groups = {"en": ["en"], "de": ["de"], "avg": ["en", "de"]}
+    fast = stats.bootstrap_means(values, groups, 300, seed=9, clusters=clusters)
+    slow = slow_cluster_bootstrap(values, clusters, 300, seed=9)
+    np.testing.assert_allclose(fast[:, :2], slow, rtol=1e-12)
+    np.testing.assert_allclose(fast[:, 2], slow.mean(1), rtol=1e-12)
+    clustered, alone = stats.summarize(values, groups, 2000, clusters=clusters), stats.summarize(values, groups, 2000)
+    per_question = (values["en"][1] + values["de"][1]) / 2
+    assert clustered["avg"]["se"] == pytest.approx(stats.cluster_se(per_question, stats.cluster_numbers(ids, clusters)))
+    assert clustered["avg"]["se"] > 1.3 * alone["avg"]["se"]  # the shared effect makes passages, not questions, count
+    assert clustered["avg"]["se"] == pytest.approx(fast[:, 2].std(), rel=0.2)
+    with pytest.raises(ValueError, match="q001 is in group"):
+        stats.merge_clusters([{"q001": "p1"}, {"q001": "p2"}])
+
+
+def test_compare_reads_the_passages_evaluate_records(tmp_path):
+    base, adapter = correlated_runs(60, ["en", "de"], seed=2)
+    groups = {i: f"p{k // 3}" for k, i in enumerate(sorted(base["en"]))}
+    for name, method, scores in (("base_xnli_smollm2", "base", base), ("lora_xnli_smollm2", "lora", adapter)):
+        write_scored_run(tmp_path, name, method, "xnli", {method: scores}, groups=groups, eval_languages=["en", "de"])
+    result = report.compare(tmp_path, ["base_xnli_smollm2", "lora_xnli_smollm2"], n_resamples=200)
+    assert result["n_clusters"] == {"en": 20, "de": 20} and "drawn a passage at a time" in result["resampling"]
+    assert "60 examples in 20 passages per language" in report.render_compare(result)
+    ids = np.array(sorted(base["en"]))
+    d = np.mean([[adapter[l][i] - base[l][i] for i in ids] for l in ("en", "de")], 0)
+    assert result["entries"][1]["difference"]["avg"]["se"] == pytest.approx(
+        stats.cluster_se(d, np.arange(60) // 3))
+    write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, eval_languages=["en", "de"])
+    write_scored_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"lora": adapter}, eval_languages=["en", "de"])
+    alone = report.compare(tmp_path, ["base_xnli_smollm2", "lora_xnli_smollm2"], n_resamples=200)
+    assert alone["n_clusters"] is None and "as no passages are known" in alone["resampling"]
+    assert alone["entries"][1]["difference"]["avg"]["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(60))
+
+
+def test_predictions_from_before_passages_were_recorded_take_them_from_the_data(tmp_path, shared_data):
+    task = data.load_task("xquad")
+    rows = {l: task.eval_examples(l, str(shared_data), subset="articles_32_47", n=60, seed=0) for l in ("en", "de")}
+    rng = np.random.default_rng(3)
+    base = {l: {ex["id"]: float(rng.uniform(0, 100)) for ex in rows[l]} for l in rows}
+    fields = dict(eval_languages=["en", "de"], data_dir=str(shared_data), eval_subset="articles_32_47")
+    write_scored_run(tmp_path, "base_xquad_smollm2", "base", "xquad", {"base": base}, **fields)  # no groups recorded
+    write_scored_run(tmp_path, "lora_xquad_smollm2", "lora", "xquad",
+                     {"lora": {l: {i: min(100.0, s + 10) for i, s in v.items()} for l, v in base.items()}}, **fields)
+    result = report.compare(tmp_path, ["base_xquad_smollm2", "lora_xquad_smollm2"], n_resamples=100)
+    paragraphs = {ex["group"] for ex in rows["en"]}
+    assert result["n_clusters"] == {"en": len(paragraphs), "de": len(paragraphs)} and 10 < len(paragraphs) < 60
+    # without the local files (the hub is never asked), one at a time
+    results = report.load_results(tmp_path, "base_xquad_smollm2")
+    results["config"]["data_dir"] = str(tmp_path / "nowhere")
+    assert report.clusters_from_data(results) is None

@@ -247,6 +247,7 @@ def test_cut_mode_warns_and_reports_the_cuts_next_to_the_scores(tiny_model_dir, 
     # a random model's 3-token answers run to the limit: counted, warned of and shown beside the cuts
     preds = json.loads((cfg.run_dir / "eval" / "base" / "zh.json").read_text())["predictions"]
     assert zh["answers_at_limit"] == sum(p["at_limit"] for p in preds) > 0 and zh["max_new_tokens"] == 3
+    assert all(p["group"].startswith("paragraph-") for p in preds)  # the passage each question shares, for stats
     assert f"warning: base zh: {zh['answers_at_limit']} of 4 answers ran to max_new_tokens 3" in out
     assert f"{zh['answers_at_limit']} answers at 3 tokens" in md
 
