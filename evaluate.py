@@ -384,7 +384,7 @@ def cut_table(rows: dict, languages) -> str:
         for lang in languages:
             cut = results[lang]["truncation"]
             lost = "".join(f", {k} {v}" for k, v in cut["lost"].items() if v)
-            limit = (f", {cut['answers_at_limit']} answers at {cut['max_new_tokens']} tokens"
+            limit = (f", {cut['answers_at_limit']} at the {cut['max_new_tokens']}-token limit"
                      if cut.get("answers_at_limit") else "")
             cells.append(f"{cut['n_cut']}/{results[lang]['n']}{lost}{limit}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
@@ -407,9 +407,12 @@ def gain(cfg, rows, languages, metric):
     md, table = stats.gain_table({l: rows[cfg.method][l]["predictions"] for l in languages},
                                  {l: rows["base"][l]["predictions"] for l in languages}, languages, english, metric,
                                  label=f"gain of {cfg.method} over base", seed=cfg.eval_seed)
+    passages = stats.merge_clusters([stats.clusters_of(rows[cfg.method][l]["predictions"]) for l in languages])
+    drawn = ("a passage at a time (questions sharing one drawn together; cluster-robust s.e.)" if passages else
+             "one question at a time")
     return ("\n\n" + md + "\n\nPaired over the same examples: the mean difference ± its standard error, and a 95% "
-            "bootstrap interval (questions resampled together across the languages that hold the same ones). A gain within about two s.e. of "
-            "zero is noise."), table
+            f"bootstrap interval (questions resampled together across the languages that hold the same ones, {drawn}). "
+            "A gain within about two s.e. of zero is noise."), table
 
 
 def main(argv=None):

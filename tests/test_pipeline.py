@@ -70,6 +70,8 @@ def test_train_then_evaluate(tmp_path, tiny_model_dir, shared_data, method):
     assert set(gain) == {"en", "de", "avg", "non_en"} and all(cell["ci"] for cell in gain.values())
     assert gain["de"]["mean"] == pytest.approx(results["rows"][method]["de"]["accuracy"] - results["rows"]["base"]["de"]["accuracy"])
     assert f"gain of {method} over base" in md and f"| **non-English avg (1)** | {gain['non_en']['mean']:+.1f}" in md
+    # XNLI rows come three to a premise: recorded per prediction, and the interval draws premises
+    assert all(p["group"].startswith("premise-") for p in per_lang["predictions"]) and "a passage at a time" in md
 
 
 def test_generation_task_end_to_end(tmp_path, tiny_model_dir, shared_data):

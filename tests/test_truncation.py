@@ -249,7 +249,7 @@ def test_cut_mode_warns_and_reports_the_cuts_next_to_the_scores(tiny_model_dir, 
     assert zh["answers_at_limit"] == sum(p["at_limit"] for p in preds) > 0 and zh["max_new_tokens"] == 3
     assert all(p["group"].startswith("paragraph-") for p in preds)  # the passage each question shares, for stats
     assert f"warning: base zh: {zh['answers_at_limit']} of 4 answers ran to max_new_tokens 3" in out
-    assert f"{zh['answers_at_limit']} answers at 3 tokens" in md
+    assert f"{zh['answers_at_limit']} at the 3-token limit" in md
 
 
 def test_results_from_before_eval_fit_are_not_reused(tiny_model_dir, shared_data, tmp_path):
