@@ -404,10 +404,10 @@ def gain(cfg, rows, languages, metric):
     """(markdown, dict): the adapter row's gain over the base row on the same examples, per language,
     overall and non-English, with its paired s.e. and bootstrap interval (stats.gain_table)."""
     english = next((l for l in languages if data.LANGUAGES.get(l, {}).get("name") == "English"), None)
+    passages = stats.merge_clusters([stats.clusters_of(rows[cfg.method][l]["predictions"]) for l in languages])
     md, table = stats.gain_table({l: rows[cfg.method][l]["predictions"] for l in languages},
                                  {l: rows["base"][l]["predictions"] for l in languages}, languages, english, metric,
-                                 label=f"gain of {cfg.method} over base", seed=cfg.eval_seed)
-    passages = stats.merge_clusters([stats.clusters_of(rows[cfg.method][l]["predictions"]) for l in languages])
+                                 label=f"gain of {cfg.method} over base", seed=cfg.eval_seed, clusters=passages)
     drawn = ("a passage at a time (questions sharing one drawn together; cluster-robust s.e.)" if passages else
              "one question at a time")
     return ("\n\n" + md + "\n\nPaired over the same examples: the mean difference ± its standard error, and a 95% "

@@ -577,7 +577,7 @@ def _count_clusters(clusters, values):
     """{lang: number of passages its examples come from}; None without clusters."""
     if not clusters:
         return None
-    return {l: len({clusters.get(i, ("example", i)) for i in ids}) for l, (ids, _) in values.items()}
+    return {l: len(set(stats.cluster_numbers(ids, clusters))) for l, (ids, _) in values.items()}
 
 
 def render_compare(result):

@@ -193,12 +193,12 @@ def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=
     return summarize(diffs, groups, n_resamples, seed, level, clusters)
 
 
-def gain_table(ours, base, languages, english, metric, label="gain", n_resamples=2000, seed=0, level=0.95):
+def gain_table(ours, base, languages, english, metric, label="gain", n_resamples=2000, seed=0, level=0.95,
+               clusters=None):
     """(markdown, gain dict): `label` per language, over all languages and over the non-English ones,
     each "+6.9 ± 2.3 [+2.4, +11.5]": the paired mean difference, its s.e. over examples and its
-    bootstrap interval. ours and base as {lang: prediction records} (evaluate.py's)."""
+    bootstrap interval. ours and base as {lang: prediction records} (evaluate.py's); clusters as in summarize."""
     read = lambda rows: {l: per_example(rows[l], metric, where=l) for l in languages}  # noqa: E731
-    clusters = merge_clusters([clusters_of(ours[l]) for l in languages])
     gain = paired_gain(read(ours), read(base), languages, english, n_resamples, seed, level, clusters)
     names = dict({l: l for l in languages}, avg=f"avg ({len(languages)})",
                  non_en=f"non-English avg ({len(languages) - 1})")
