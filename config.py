@@ -57,6 +57,7 @@ class RunConfig:
     warmup_ratio: float = 0.0
     batch_size: int = 8
     grad_accum: int = 1
+    group_by_length: bool = False       # batch examples of similar length (less padding); see train.batch_order
     eval_batch_size: int = 8
     max_length: int = eval_setting(1024)
     # how evaluation meets max_length: "whole" keeps every prompt whole (max_length bounds training

@@ -279,13 +279,12 @@ def costs(name, model, tokenizer, task, prompts, args, out, dtype):
     def padding(batches):
         total = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         return 1 - sum(lengths) / total
-    by_length = sorted(range(len(lengths)), key=lengths.__getitem__)
     shuffled, bucketed = (padding(train.batch_order(len(lengths), 8, 0, 0)),
-                          padding([by_length[i:i + 8] for i in range(0, len(by_length), 8)]))
+                          padding(train.batch_order(len(lengths), 8, 0, 0, lengths)))
     out["train_padding"].append(dict(model=name, n_examples=len(lengths), batch_size=8, shuffled=shuffled,
                                      by_length=bucketed))
     print(f"  train.py's batches of 8 ({len(lengths)} XQuAD examples): padding {100 * shuffled:.0f}% of tokens "
-          f"shuffled, {100 * bucketed:.0f}% if batched by length", flush=True)
+          f"shuffled, {100 * bucketed:.0f}% with group_by_length", flush=True)
 
     # threads: torch's default (all cores) against one
     n_threads, n_default = torch.get_num_threads(), args.default_threads
@@ -336,7 +335,7 @@ def markdown(out):
     lines += [f"| {c['model']} | {c['dtype']} | {c['what']} | {c['a_s']:.3f} | {c['b_s']:.3f} | {c['ratio']:.2f} | "
               f"{c['note']} |" for c in out["costs"]]
     lines += [""] + [f"{p['model']}: train.py's shuffled batches of {p['batch_size']} ({p['n_examples']} XQuAD training "
-                     f"examples) are {100 * p['shuffled']:.0f}% padding; batched by length, {100 * p['by_length']:.0f}%."
+                     f"examples) are {100 * p['shuffled']:.0f}% padding; with group_by_length, {100 * p['by_length']:.0f}%."
                      for p in out["train_padding"]]
     for p in out["profile"]:
         lines += ["", f"Profile of one {p['what']} on {p['model']} (torch.profiler, self CPU time): fp32 "

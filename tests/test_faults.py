@@ -92,10 +92,11 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(tmp_path, strai
     assert same_adapter(straight, tmp_path / "runs" / "tiny")
 
 
-def test_resume_with_another_data_layout_is_refused(tmp_path, straight, tiny_model_dir, shared_data):
+@pytest.mark.parametrize("change", [("--batch_size", "2"), ("--group_by_length", "true")])
+def test_resume_with_another_data_layout_is_refused(tmp_path, straight, tiny_model_dir, shared_data, change):
     path = runs_file(tmp_path, tiny_model_dir, shared_data, **LONG)
     shutil.copytree(straight / "checkpoint", tmp_path / "runs" / "tiny" / "checkpoint")
-    fails(train.main, path, "--resume", "--batch_size", "2", match=["data layout", "--overwrite"])
+    fails(train.main, path, "--resume", *change, match=["data layout", "--overwrite"])
 
 
 @pytest.fixture

@@ -102,11 +102,12 @@ def test_finished_run_is_not_overwritten_and_evaluation_resumes(tmp_path, tiny_m
 
 def test_resume_gives_the_same_adapter(tmp_path, tiny_model_dir, shared_data):
     from safetensors.torch import load_file
+    # --max_steps below must not change the schedule; batches grouped by length must resume alike
     straight = runs_file(tmp_path / "a", tiny_model_dir, shared_data, train_samples=16, save_every=2,
-                         lr_schedule="constant")  # --max_steps below must not change the schedule
+                         lr_schedule="constant", group_by_length=True)
     assert script("train.py", straight).returncode == 0
     split = runs_file(tmp_path / "b", tiny_model_dir, shared_data, train_samples=16, save_every=2,
-                      lr_schedule="constant")
+                      lr_schedule="constant", group_by_length=True)
     assert script("train.py", split, "--max_steps", "2").returncode == 0  # the "crash" after step 2
     (tmp_path / "b" / "runs" / "tiny" / "adapter" / "adapter_config.json").unlink()  # not finished
     refused = script("train.py", split)
@@ -122,3 +123,21 @@ def test_every_run_of_runs_yaml_dry_runs():
     from train import dry_run
     for name in C.load_runs():
         dry_run(C.get_run(name))
+
+
+@pytest.mark.parametrize("n", [203, 1003])  # one window of GROUP_WINDOW batches of 8; three, the last short
+def test_group_by_length_batches_cover_the_epoch_within_windows_and_pad_less(n):
+    from train import GROUP_WINDOW, batch_order
+    lengths = torch.randint(20, 600, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+    plain, grouped = batch_order(n, 8, 0, 0), batch_order(n, 8, 0, 0, lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(n))
+    assert sorted(map(len, grouped)) == sorted(map(len, plain))
+    window = {i: k // (8 * GROUP_WINDOW) for k, i in enumerate(i for b in plain for i in b)}  # of the same shuffle
+    assert all(len({window[i] for i in b}) == 1 for b in grouped)
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches) / sum(lengths) - 1
+    assert padding(grouped) < padding(plain) / 5
+    # the batch order is shuffled too (not longest first), fixed per (seed, epoch)
+    firsts = [max(lengths[i] for i in b) for b in grouped]
+    assert firsts != sorted(firsts, reverse=True)
+    assert grouped == batch_order(n, 8, 0, 0, lengths) and grouped != batch_order(n, 8, 1, 0, lengths)
