@@ -79,7 +79,7 @@ def batch_order(n_examples, batch_size, epoch, seed, lengths=None):
     With `lengths` (group_by_length; each example's tokens), each window of GROUP_WINDOW batches of
     the shuffle is sorted longest first before it is cut into batches, and the batches are then
     shuffled: a batch holds examples of similar length, so it is padded little (the demo's 240
-    XQuAD prompts in random batches of 8 were 64% padding), and the order stays random."""
+    XQuAD prompts in random batches of 8 were 39% padding tokens, grouped 5%), and the order stays random."""
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     perm = torch.randperm(n_examples, generator=generator).tolist()
     if lengths is None:
