@@ -22,6 +22,7 @@ paired bootstrap confidence interval. Runs whose saved configs differ only in se
 one entry: per example the mean over seeds, with the spread across seeds beside it.
 """
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -462,8 +463,13 @@ def load_entry(runs_dir, spec):
 
 
 def _experiment(entry):
-    """What seeds of one experiment share: the row and every config field but seed and names."""
-    config = {k: v for k, v in entry["config"].items() if k not in NOT_THE_EXPERIMENT + ("seed",)}
+    """What seeds of one experiment share: the row and every config field but seed and names. A field
+    that a results.json predates counts as its default: a new field's default keeps the old behaviour
+    (as `group_by_length: false` does), so a seed run before the field was added still pools."""
+    defaults = {k: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for k, f in C.FIELDS.items()
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    config = {k: v for k, v in {**defaults, **entry["config"]}.items() if k not in NOT_THE_EXPERIMENT + ("seed",)}
     return entry["row"], json.dumps(config, sort_keys=True, default=str)
 
 

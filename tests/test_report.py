@@ -372,6 +372,17 @@ def test_runs_that_differ_only_in_seed_are_pooled(tmp_path):
     assert [[e["name"] for e in g] for g in report.seed_groups(entries + entries[:1])] == \
         [["lora_xnli_s0", "lora_xnli_s1"], ["lora_xnli_lr"], ["lora_xnli_s0"]]
 
+    # a results.json that predates a config field ran with its default: it pools with a seed that
+    # records the default, not with one that records another value
+    path = tmp_path / "lora_xnli_s0" / "results.json"
+    doc = json.loads(path.read_text())
+    del doc["config"]["group_by_length"]
+    path.write_text(json.dumps(doc))
+    entries = [report.load_entry(tmp_path, n) for n in ("lora_xnli_s0", "lora_xnli_s1")]
+    assert [[e["name"] for e in g] for g in report.seed_groups(entries)] == [["lora_xnli_s0", "lora_xnli_s1"]]
+    entries[1]["config"] = dict(entries[1]["config"], group_by_length=True)
+    assert [[e["name"] for e in g] for g in report.seed_groups(entries)] == [["lora_xnli_s0"], ["lora_xnli_s1"]]
+
 
 def test_compare_writes_json_markdown_and_a_plot_and_is_reproducible(tmp_path, capsys):
     languages = ["en", "de", "ru", "zh"]
