@@ -113,6 +113,22 @@ CHOICES = {
     "parallel": ("ddp", "fsdp"),
     "report_to": ("tensorboard", "wandb"),  # each item of the list
 }
+def recorded(saved: dict, name: str):
+    """Field `name`'s value in a config a run saved (results.json's "config"). A config saved before
+    the field existed was made with the field's `before`, its `before_field`'s value, else its
+    default: a new field's default keeps the old behaviour."""
+    if name in saved:
+        return saved[name]
+    f = FIELDS[name]
+    if "before_field" in f.metadata:
+        return recorded(saved, f.metadata["before_field"])
+    if "before" in f.metadata:
+        return f.metadata["before"]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
 POSITIVE = ("n_prefix_tokens", "n_adapted_layers", "lora_rank", "batch_size", "grad_accum", "eval_batch_size",
             "max_length", "train_samples", "eval_samples", "max_steps", "save_every", "max_new_tokens")
 

@@ -287,8 +287,8 @@ def changed_settings(path, extra):
     the adapter's hash, and the languages a "subset" must fit."""
     try:
         cached = json.loads(path.read_text())
-        # a setting added after a result was written reads as what it was made with: its "before", else its default
-        then = dict({k: cached["config"].get(k, _before(C.FIELDS[k], cached["config"])) for k in C.EVAL_SETTINGS},
+        # a setting added after a result was written reads as what it was made with (config.recorded)
+        then = dict({k: C.recorded(cached["config"], k) for k in C.EVAL_SETTINGS},
                     adapter_sha256=cached.get("adapter_sha256"), fit_languages=cached.get("fit_languages"),
                     computed_in=_computed_in(cached))
     except (ValueError, KeyError, TypeError):  # unreadable, or written before these were recorded
@@ -296,14 +296,6 @@ def changed_settings(path, extra):
     now = dict({k: extra["config"][k] for k in C.EVAL_SETTINGS}, adapter_sha256=extra.get("adapter_sha256"),
                fit_languages=extra.get("fit_languages"), computed_in=_computed_in(extra))
     return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
-
-
-def _before(f, cached_config):
-    """What a result written before field `f` existed was made with: its "before_field"'s value, its
-    "before", else its default."""
-    if "before_field" in f.metadata:
-        return cached_config.get(f.metadata["before_field"], C.FIELDS[f.metadata["before_field"]].default)
-    return f.metadata.get("before", f.default)
 
 
 def _computed_in(result):

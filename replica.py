@@ -163,7 +163,7 @@ def evaluated(cfg) -> bool:
     now, then = dataclasses.asdict(cfg), results.get("config", {})
     languages = cfg.eval_languages or list(data.load_task(cfg.task).languages)
     row = "base" if cfg.method == "base" else cfg.method
-    if (any(then.get(k) != now[k] for k in C.EVAL_SETTINGS) or results.get("languages") != languages
+    if (any(C.recorded(then, k) != now[k] for k in C.EVAL_SETTINGS) or results.get("languages") != languages
             or set(results["rows"].get(row, {})) != set(languages)
             or results.get("fit_languages") != (languages if cfg.eval_fit == "subset" else None)):
         return False

@@ -22,7 +22,6 @@ paired bootstrap confidence interval. Runs whose saved configs differ only in se
 one entry: per example the mean over seeds, with the spread across seeds beside it.
 """
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -464,12 +463,11 @@ def load_entry(runs_dir, spec):
 
 def _experiment(entry):
     """What seeds of one experiment share: the row and every config field but seed and names. A field
-    that a results.json predates counts as its default: a new field's default keeps the old behaviour
-    (as `group_by_length: false` does), so a seed run before the field was added still pools."""
-    defaults = {k: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for k, f in C.FIELDS.items()
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    config = {k: v for k, v in {**defaults, **entry["config"]}.items() if k not in NOT_THE_EXPERIMENT + ("seed",)}
+    that a results.json predates counts as what it was made with (config.recorded), so a seed run
+    before the field was added (as LLaMA-Adapter's seed 0 before `group_by_length`) still pools."""
+    saved = entry["config"]
+    config = {k: C.recorded(saved, k) if k in C.FIELDS else saved[k] for k in {*C.FIELDS, *saved}
+              if k not in NOT_THE_EXPERIMENT + ("seed",)}
     return entry["row"], json.dumps(config, sort_keys=True, default=str)
 
 

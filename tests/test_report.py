@@ -382,6 +382,13 @@ def test_runs_that_differ_only_in_seed_are_pooled(tmp_path):
     assert [[e["name"] for e in g] for g in report.seed_groups(entries)] == [["lora_xnli_s0", "lora_xnli_s1"]]
     entries[1]["config"] = dict(entries[1]["config"], group_by_length=True)
     assert [[e["name"] for e in g] for g in report.seed_groups(entries)] == [["lora_xnli_s0"], ["lora_xnli_s1"]]
+    # ... unless the field says what runs before it did: eval_fit's were cut, not whole
+    entries[1]["config"] = dict(entries[1]["config"], group_by_length=False)
+    del entries[0]["config"]["eval_fit"]
+    assert [[e["name"] for e in g] for g in report.seed_groups(entries)] == [["lora_xnli_s0"], ["lora_xnli_s1"]]
+    entries[0]["config"]["eval_fit"] = "cut, unrecorded"
+    entries[1]["config"]["eval_fit"] = "cut, unrecorded"
+    assert [[e["name"] for e in g] for g in report.seed_groups(entries)] == [["lora_xnli_s0", "lora_xnli_s1"]]
 
 
 def test_compare_writes_json_markdown_and_a_plot_and_is_reproducible(tmp_path, capsys):
