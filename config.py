@@ -113,6 +113,8 @@ CHOICES = {
     "parallel": ("ddp", "fsdp"),
     "report_to": ("tensorboard", "wandb"),  # each item of the list
 }
+
+
 def recorded(saved: dict, name: str):
     """Field `name`'s value in a config a run saved (results.json's "config"). A config saved before
     the field existed was made with the field's `before`, its `before_field`'s value, else its
