@@ -208,17 +208,19 @@ def measured(runs_dir, timings):
 
 
 def plan(jobs, runs_dir, timings):
-    """[(run folder, what is done, seconds left or None)] per job, and the markdown table of them.
-    Seconds left are medians of what finished on the same model and task (a median, as a run paused or
-    resumed across sessions records its whole wall time): training if its adapter is missing, plus each
-    language without a cached result. None where nothing of that kind has been measured yet. A cached
-    language counts as done even if evaluate.py would redo it under other settings."""
+    """[(run folder, what is done, seconds left or None, seconds at least)] per job, and the markdown
+    table of them. Seconds left are medians of what finished on the same model and task (a median, as a
+    run paused or resumed across sessions records its whole wall time): training if its adapter is
+    missing, plus each language without a cached result. None where some part of it has not been
+    measured yet (training, say, on a task where only the base model ran); "at least" then sums the
+    parts that have been. A cached language counts as done even if evaluate.py would redo it under
+    other settings."""
     seen = measured(runs_dir, timings)
     median = lambda values: float(np.median(values)) if values else None  # noqa: E731
     rows = []
     for key, cfg, _ in jobs:
         if evaluated(cfg):
-            rows.append((key, "finished", 0.0))
+            rows.append((key, "finished", 0.0, 0.0))
             continue
         times = seen.get(_task_model(key), {})
         languages = cfg.eval_languages or list(data.load_task(cfg.task).languages)
@@ -226,16 +228,18 @@ def plan(jobs, runs_dir, timings):
         missing = [lang for lang in languages if not (cfg.run_dir / "eval" / row / f"{lang}.json").is_file()]
         trained = cfg.method == "base" or (cfg.run_dir / "adapter" / "adapter_config.json").is_file()
         parts = ([] if trained else [median(times.get("train", []))]) + [median(times.get(lang, [])) for lang in missing]
-        left = None if None in parts else sum(parts)
+        floor = sum(part for part in parts if part is not None)
         done = ("" if trained else "to train, ") + f"{len(languages) - len(missing)}/{len(languages)} languages evaluated"
-        rows.append((key, done, left))
-    known = sum(left for _, _, left in rows if left is not None)
-    unknown = [key for key, _, left in rows if left is None]
-    lines = [f"| `{key}` | {done} | {'?' if left is None else f'{left / 3600:.1f}'} |" for key, done, left in rows]
+        rows.append((key, done, None if None in parts else floor, floor))
+    known = sum(left for _, _, left, _ in rows if left is not None)
+    unknown = [floor for _, _, left, floor in rows if left is None]
+    hours = lambda left, floor: f"{left / 3600:.1f}" if left is not None else f"≥ {floor / 3600:.1f}" if floor else "?"  # noqa: E731
+    lines = [f"| `{key}` | {done} | {hours(left, floor)} |" for key, done, left, floor in rows]
     text = "\n".join(["| run | state | hours left |", "|---|---|---:|", *lines, "",
-                      f"{sum(done != 'finished' for _, done, _ in rows)} of {len(rows)} runs to do: {known / 3600:.1f} h at the "
+                      f"{sum(done != 'finished' for _, done, _, _ in rows)} of {len(rows)} runs to do: {known / 3600:.1f} h at the "
                       f"rates measured on {', '.join(timings.get('devices', [])) or 'no recorded device'}"
-                      + (f", plus {len(unknown)} run(s) with nothing measured on their model and task yet" if unknown else "")
+                      + (f", plus {len(unknown)} run(s) with a part not measured on their model and task yet "
+                         f"(at least {sum(unknown) / 3600:.1f} h more for the parts that were)" if unknown else "")
                       + "."])
     return rows, text
 

@@ -180,17 +180,28 @@ def test_plan_prices_what_is_left_at_the_median_measured_on_the_same_model_and_t
     timings = {"devices": ["cpu x"], "lora_belebele_smollm2/train": 100.0, "lora_belebele_gemma3/train": 7.0,
                "before": {"lora_xnli_smollm2/train": 5.0}}
     rows, text = replica.plan(jobs, runs, timings)
-    left = {key: seconds for key, _, seconds in rows}
+    left = {key: seconds for key, _, seconds, _ in rows}
+    floor = {key: seconds for key, _, _, seconds in rows}
     assert left["base_belebele_smollm2"] == 0.0  # both languages cached (results.json missing: not finished)
     assert left["lora_belebele_smollm2"] == 40.0  # trained, German to do
     assert left["seed1/lora_belebele_smollm2"] == 100.0 + 40.0  # to train, English cached
     assert left["lora_xnli_smollm2"] is None and left["seed1/lora_xnli_smollm2"] is None  # nothing measured
-    states = {key: state for key, state, _ in rows}
+    assert floor["lora_xnli_smollm2"] == 0.0 and floor["seed1/lora_belebele_smollm2"] == 140.0
+    states = {key: state for key, state, _, _ in rows}
     assert states["seed1/lora_belebele_smollm2"] == "to train, 1/2 languages evaluated"
-    assert "5 of 5 runs to do: 0.1 h" in text  # 180 s; the base run still has its summary to write and "plus 2 run(s) with nothing measured" in text and "cpu x" in text
+    # 180 s; the base run still has its summary to write
+    assert "5 of 5 runs to do: 0.1 h" in text and "cpu x" in text
+    assert "plus 2 run(s) with a part not measured" in text and "at least 0.0 h more" in text
+    assert "| `lora_xnli_smollm2` | to train, 0/15 languages evaluated | ? |" in text
     cached("seed1/lora_belebele_smollm2", "lora", "deu_Latn", 60.0)  # German's median is now 50
-    left = {key: seconds for key, _, seconds in replica.plan(jobs, runs, timings)[0]}
+    left = {key: seconds for key, _, seconds, _ in replica.plan(jobs, runs, timings)[0]}
     assert left["lora_belebele_smollm2"] == 50.0 and left["seed1/lora_belebele_smollm2"] == 100.0
+    # XNLI: the base model's English measured (3,600 s), training not: a floor, not a price
+    cached("base_xnli_smollm2", "base", "en", 3600.0)
+    rows, text = replica.plan(jobs, runs, timings)
+    left = {key: (seconds, floor) for key, _, seconds, floor in rows}
+    assert left["lora_xnli_smollm2"] == (None, 3600.0) and left["seed1/lora_xnli_smollm2"] == (None, 3600.0)
+    assert "| `lora_xnli_smollm2` | to train, 0/15 languages evaluated | ≥ 1.0 |" in text and "at least 2.0 h more" in text
 
 # --- finished runs as evaluate.py leaves them -------------------------------------------------------
 
