@@ -54,9 +54,12 @@ a difference, per example the mean over each side's seeds, as report.compare com
   the CI is below 0, does not hold if above 0, cannot tell if it spans 0.
 Every verdict needs the runs it compares; a missing one makes it "cannot tell", saying which. Each
 comparison is made on the headline's languages (those every finished method of the model and task
-scored); where English is not among them, every language counts as non-English. The
-intervals count which examples were drawn, not which training seeds: the seed sd beside them says
-how much a method moves between seeds.
+scored); where English is not among them, every language counts as non-English. Each "CI" above is
+taken twice: the paired bootstrap interval over examples, and the interval over examples and training
+seeds (stats.with_seeds: the examples' s.e. and each trained side's seed sd/√n in quadrature, a
+Student t interval), and a verdict holds (or does not) only where both agree; elsewhere it is "cannot
+tell". Where a method compared has one seed, its spread across seeds is unmeasured: the verdict is
+then over examples only and marked provisional.
 """
 import argparse
 import dataclasses
@@ -281,7 +284,8 @@ def headline(runs_dir, models=MODELS, tasks=TASKS, seeds=SEEDS, n_resamples=2000
     """(table, comparisons). table: {model: {task: dict(metric, languages, n_examples, target_se,
     methods={method: row}, notes)}}, each row with avg, en, non_en (means over seeds of the per-seed
     scores) and their seed sd (`*_sd`, None with one seed), n_seeds, seeds, runs (report.compare
-    specs), and against the base model non_en_vs_base, _se, _ci and se_over_target. comparisons:
+    specs), and against the base model non_en_vs_base, _se, _ci, se_over_target and _diff (the whole
+    difference, with its counts over seeds: stats.with_seeds). comparisons:
     {(model, task): report.compare's result}. Runs not finished are left out; (model, task) pairs
     with fewer than two finished methods have no rows, only notes."""
     table, comparisons = {}, {}
@@ -318,7 +322,7 @@ def headline(runs_dir, models=MODELS, tasks=TASKS, seeds=SEEDS, n_resamples=2000
                 row["non_en_per_seed"] = scores.get(non_en, {}).get("per_seed")
                 diff = entry.get("difference", {}).get(non_en) if base else None
                 row.update(non_en_vs_base=diff and diff["mean"], non_en_vs_base_se=diff and diff["se"],
-                           non_en_vs_base_ci=diff and diff["ci"],
+                           non_en_vs_base_ci=diff and diff["ci"], non_en_vs_base_diff=diff,
                            se_over_target=bool(diff and diff["se"] is not None and diff["se"] > TARGET_SE[task]))
                 methods[method] = row
             comparisons[model, task] = result
@@ -344,14 +348,42 @@ def verdict(ci, above_holds=True):
     return CANNOT_TELL
 
 
+def judged(diff, rows, methods, above_holds=True):
+    """(verdict, basis) of a difference of `methods`: by its interval over examples, and by its
+    interval over examples and training seeds (stats.with_seeds) where every trained method of
+    `methods` has 2 or more seeds; the two must agree, else "cannot tell". With a method of one seed
+    the verdict is over examples only, and `basis` says so: provisional."""
+    single = [report.METHOD_NAMES[m] for m in methods if m != "base" and rows[m]["n_seeds"] < 2]
+    marks = {verdict(diff["ci"], above_holds)} | ({verdict(diff.get("total_ci"), above_holds)} if not single else set())
+    outcome = marks.pop() if len(marks) == 1 else CANNOT_TELL
+    basis = ("over examples and seeds" if not single else
+             f"provisional, over examples only: {', '.join(single)} {'has' if len(single) == 1 else 'have'} one seed")
+    return outcome, basis
+
+
 def _seeds_note(rows, methods):
     return "; seeds " + ", ".join(f"{report.METHOD_NAMES[m]} {rows[m]['n_seeds']}" for m in methods)
 
 
-def _too_small(mark, se, target):
-    """A "cannot tell" whose s.e. is over the task's target says so: the evaluation was too small."""
-    if mark["verdict"] == CANNOT_TELL and se is not None and se > target:
+def _seeds_numbers(name, diff):
+    """" (LLaMA-Adapter − LoRA over examples and seeds ± 2.8 [-1.4, +12.4])"; "" where seeds are not counted."""
+    if diff.get("total_ci") is None or not diff.get("seed_se"):
+        return ""
+    return f"; {name} over examples and seeds ± {diff['total_se']:.1f} {stats.fmt_ci(diff['total_ci'])}"
+
+
+def _too_small(mark, diffs, target):
+    """A "cannot tell" says what would tell: the examples' s.e. over the task's target (the evaluation was
+    too small), or the seeds' spread larger than the examples' s.e. (more seeds)."""
+    if mark["verdict"] != CANNOT_TELL:
+        return mark
+    se = max((d["se"] for d in diffs if d.get("se") is not None), default=None)
+    seed_se = max((d["seed_se"] for d in diffs if d.get("seed_se") is not None), default=None)
+    if se is not None and se > target:
         mark["numbers"] += f"; s.e. {se:.1f} is over the target {target}: too few examples to tell"
+    if seed_se is not None and se is not None and seed_se > se:
+        mark["numbers"] += (f"; the spread across seeds (s.e. {seed_se:.1f}) is larger than across examples "
+                            f"({se:.1f}): more seeds would tell more")
     return mark
 
 
@@ -378,10 +410,11 @@ def prefix_over_lora(runs_dir, cell, task, n_resamples=2000):
     diffs = {m: e["difference"][key] for m, e in zip(have, result["entries"][1:])}
     best = max(have, key=lambda m: rows[m]["non_en"])
     text = "; ".join(f"{report.METHOD_NAMES[m]} − LoRA non-English {stats.fmt_pm(d, signed=True, ci=True)}"
-                     for m, d in diffs.items())
-    mark = dict(verdict=verdict(diffs[best]["ci"]), best=best, differences=diffs,
+                     + _seeds_numbers(f"{report.METHOD_NAMES[m]} − LoRA", d) for m, d in diffs.items())
+    outcome, basis = judged(diffs[best], rows, ("lora", best))
+    mark = dict(verdict=outcome, basis=basis, best=best, differences=diffs,
                 numbers=f"{text} (better: {report.METHOD_NAMES[best]}){_seeds_note(rows, ('lora', *have))}")
-    return _too_small(mark, diffs[best]["se"], cell["target_se"])
+    return _too_small(mark, [diffs[best]], cell["target_se"])
 
 
 def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
@@ -409,15 +442,19 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
     result = report.compare(runs_dir, rows[best]["runs"] + rows["soft_prompt"]["runs"], n_resamples=n_resamples,
                             level=level, languages=cell["languages"])
     against = result["entries"][1]["difference"][key]
-    if DOES_NOT_HOLD in (verdict(gain["ci"]), verdict(against["ci"])):
+    first, _ = judged(gain, rows, ("base", "soft_prompt"))
+    second, basis = judged(against, rows, ("soft_prompt", best))  # its basis covers both trained methods
+    if DOES_NOT_HOLD in (first, second):
         outcome = DOES_NOT_HOLD
     else:  # not behind the better prefix method: held if the gain over the base model is shown
-        outcome = verdict(gain["ci"])
-    mark = dict(verdict=outcome, low_resource=low, vs_base=gain, vs_best_prefix=against, best=best,
-                numbers=f"on {', '.join(low)}: soft prompt − base {stats.fmt_pm(gain, signed=True, ci=True)}, "
+        outcome = first
+    mark = dict(verdict=outcome, basis=basis, low_resource=low, vs_base=gain, vs_best_prefix=against, best=best,
+                numbers=f"on {', '.join(low)}: soft prompt − base {stats.fmt_pm(gain, signed=True, ci=True)}"
+                        f"{_seeds_numbers('soft prompt − base', gain)}, "
                         f"soft prompt − {report.METHOD_NAMES[best]} {stats.fmt_pm(against, signed=True, ci=True)}"
+                        f"{_seeds_numbers(f'soft prompt − {report.METHOD_NAMES[best]}', against)}"
                         f"{_seeds_note(rows, ('soft_prompt', best))}")
-    return _too_small(mark, max(gain["se"] or 0, against["se"] or 0), cell["target_se"])
+    return _too_small(mark, [gain, against], cell["target_se"])
 
 
 def lora_degrades(cell):
@@ -428,11 +465,12 @@ def lora_degrades(cell):
     lora = rows["lora"]
     if lora["non_en"] is None:
         return _no_non_english(cell)
-    diff = dict(mean=lora["non_en_vs_base"], se=lora["non_en_vs_base_se"], ci=lora["non_en_vs_base_ci"])
-    mark = dict(verdict=verdict(diff["ci"], above_holds=False), difference=diff,
+    diff = lora["non_en_vs_base_diff"]
+    outcome, basis = judged(diff, rows, ("base", "lora"), above_holds=False)
+    mark = dict(verdict=outcome, basis=basis, difference=diff,
                 numbers=f"LoRA − base non-English {stats.fmt_pm(diff, signed=True, ci=True)}"
-                        f"{_seeds_note(rows, ('lora',))}")
-    return _too_small(mark, diff["se"], cell["target_se"])
+                        f"{_seeds_numbers('LoRA − base', diff)}{_seeds_note(rows, ('lora',))}")
+    return _too_small(mark, [diff], cell["target_se"])
 
 
 def findings(table, runs_dir, n_resamples=2000):
@@ -466,6 +504,15 @@ def change(row, target):
     return stats.fmt_pm(cell, signed=True, ci=True, se_text=marked)
 
 
+def with_seeds(row):
+    """"± 2.0 [+3.6, +16.0]": the non-English change against the base model over examples and training
+    seeds (stats.with_seeds); "one seed" where the seeds' spread is not measured."""
+    diff = row.get("non_en_vs_base_diff") or {}
+    if diff.get("total_ci") is None:
+        return "one seed" if row["n_seeds"] < 2 else ""
+    return f"± {diff['total_se']:.1f} {stats.fmt_ci(diff['total_ci'])}"
+
+
 def render_headline(table):
     lines = []
     for model, tasks in table.items():
@@ -480,10 +527,12 @@ def render_headline(table):
                       f"{'/'.join(map(str, n))} examples each; target non-English s.e. ≤ {cell['target_se']})", "",
                       report.markdown_table(
                           ["method", "seeds", "avg", "English", "non-English avg",
-                           f"non-English vs base (± paired s.e.) [{level}% CI]"],
+                           f"non-English vs base (± paired s.e.) [{level}% CI]",
+                           f"over examples and seeds (± s.e.) [{level}% CI]"],
                           [[report.METHOD_NAMES.get(m, m), str(r["n_seeds"]), _mean_sd(r["avg"], r["avg_sd"]),
                             _mean_sd(r["en"], r["en_sd"]), _mean_sd(r["non_en"], r["non_en_sd"]),
-                            "(reference)" if m == "base" else change(r, cell["target_se"])]
+                            "(reference)" if m == "base" else change(r, cell["target_se"]),
+                            "" if m == "base" else with_seeds(r)]
                            for m, r in methods.items()]), ""]
             lines += [f"- {n}" for n in cell["notes"]] + ([""] if cell["notes"] else [])
             if any(r["se_over_target"] for r in methods.values()):
@@ -493,7 +542,8 @@ def render_headline(table):
 
 
 def render_findings(marks):
-    rows = [[FINDINGS[key], model, task, f"**{mark['verdict']}**", mark["numbers"]]
+    rows = [[FINDINGS[key], model, task, f"**{mark['verdict']}**" + (f" ({mark['basis']})" if mark.get("basis") else ""),
+             mark["numbers"]]
             for key in FINDINGS for model, tasks in marks.items() for task, per_task in tasks.items()
             for mark in [per_task[key]]]
     return report.markdown_table(["paper's finding", "model", "task", "here", "numbers (difference ± s.e. [95% CI])"],
@@ -504,8 +554,11 @@ HEADLINE_LEGEND = (
     "Scores are means over training seeds (`sd`: their spread across seeds; the base model has no "
     "training seed). Differences to the base model are paired over the same examples, per example "
     "the mean over seeds (report.compare): mean ± s.e. [95% paired bootstrap interval, questions "
-    "resampled together across the languages that hold the same ones, a passage at a time]. The intervals count which examples were drawn, not which "
-    "seeds. Per-language tables with the same statistics: `compare_<task>_<model>.md`.")
+    "resampled together across the languages that hold the same ones, a passage at a time]. Those "
+    "intervals count which examples were drawn, not which seeds; the last column counts both, for a "
+    "method of two or more seeds: the s.e. over examples and the seed sd/√n in quadrature, and a 95% "
+    "Student t interval (Welch-Satterthwaite degrees of freedom). Per-language tables with the same "
+    "statistics: `compare_<task>_<model>.md`.")
 FINDINGS_RULES = (
     "Rules (replica.py's docstring): *prefix methods ahead of LoRA*: the better of prefix tuning and "
     "LLaMA-Adapter minus LoRA on the non-English average; holds if its 95% CI is above 0, does not hold "
@@ -513,7 +566,9 @@ FINDINGS_RULES = (
     "task's low-resource languages, soft prompt minus base (must be above 0 to hold) and soft prompt "
     "minus the better of prefix tuning and LLaMA-Adapter (must not be below 0); either below 0: does "
     "not hold. *LoRA degrading non-English*: LoRA minus base on the non-English average; holds if its "
-    "CI is below 0, does not hold if above, cannot tell if it spans 0.")
+    "CI is below 0, does not hold if above, cannot tell if it spans 0. Each CI is taken twice, over "
+    "examples and over examples and training seeds, and the verdict needs both to agree; where a "
+    "method compared has one seed, only the first exists and the verdict is marked provisional.")
 
 
 def main(argv=None):

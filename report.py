@@ -508,7 +508,8 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
     average, each entry's score (mean over seeds of the per-example score) with its s.e. over
     examples and its spread across seeds, and the difference to the first with the paired s.e. and a
     paired bootstrap interval (the same resample of examples for both; parallel languages resampled
-    together). A single spec "RUN" compares the run's trained row against its base row. `languages`:
+    together). Each difference also counts training seeds (stats.with_seeds: seed_se, total_se, df,
+    total_ci), where every trained side of it has at least two; a base row has no training seed. A single spec "RUN" compares the run's trained row against its base row. `languages`:
     compare on these (each must be scored by every run), not on every language the runs share.
 
     Returns the report as a JSON-ready dict (see render_compare)."""
@@ -563,6 +564,9 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
         if i:
             diffs = {l: (values[l][0], values[l][1] - reference[l][1]) for l in languages}
             entry["difference"] = stats.summarize(diffs, keys, n_resamples, seed, level, clusters)
+            for key, cell in entry["difference"].items():  # and over training seeds too, where measured
+                sides = [(e, n) for e, n in ((out_entries[0], len(groups[0])), (entry, len(group))) if e["row"] != "base"]
+                cell.update(stats.with_seeds(cell, [(e["scores"][key]["seed_sd"], n) for e, n in sides], level))
         out_entries.append(entry)
     return dict(task=task, metric=metric, languages=languages,
                 left_out=[l for l in all_languages if l not in languages],
@@ -584,6 +588,14 @@ def _count_clusters(clusters, values):
     return {l: len(set(stats.cluster_numbers(ids, clusters))) for l, (ids, _) in values.items()}
 
 
+def seeds_text(cell):
+    """"; seeds ± 2.8 [-1.4, +12.4]": a difference's s.e. and interval over examples and training seeds
+    (stats.with_seeds); "" where no side's seeds were counted (a side with one seed, or none trained)."""
+    if not cell.get("seed_se"):
+        return ""
+    return f"; seeds ± {cell['total_se']:.1f} {stats.fmt_ci(cell['total_ci'])}"
+
+
 def render_compare(result):
     """Markdown: languages and averages as rows; each entry's score (± s.e. over examples, seed sd),
     and each later entry's difference to the first (± paired s.e. [bootstrap interval])."""
@@ -599,7 +611,8 @@ def render_compare(result):
             sd = "" if score["seed_sd"] is None else f" (sd {score['seed_sd']:.1f})"
             cells.append(stats.fmt_pm(score) + sd)
             if i:
-                cells.append(stats.fmt_pm(entry["difference"][key], signed=True, ci=True))
+                cells.append(stats.fmt_pm(entry["difference"][key], signed=True, ci=True)
+                             + seeds_text(entry["difference"][key]))
         lines.append([label if key in result["n_examples"] else f"**{label}**"] + cells)
     n = sorted(set(result["n_examples"].values()))
     passages = sorted(set((result.get("n_clusters") or {}).values()))
@@ -609,6 +622,10 @@ def render_compare(result):
              f"score across seeds); differences to {reference} with the paired s.e. and a "
              f"{100 * result['level']:.0f}% paired bootstrap interval ({result['n_resamples']} resamples of "
              f"{result['resampling']}, seed {result['bootstrap_seed']})."]
+    if any((e["difference"][k].get("seed_se") or 0) > 0 for e in entries[1:] for k in e["difference"]):
+        notes.append(f"`seeds ± s.e. [interval]`: the difference counting training seeds too (trained sides with "
+                     f"2 or more seeds): the s.e. over examples and each side's seed sd/√n in quadrature, and a "
+                     f"{100 * result['level']:.0f}% Student t interval (Welch-Satterthwaite degrees of freedom).")
     if result["left_out"]:
         notes.append(f"Left out (not scored by every run): {', '.join(result['left_out'])}.")
     return markdown_table(header, lines) + "\n\n" + "\n".join(notes)

@@ -8,10 +8,12 @@ hard in every language, which independent draws per language would hide (too nar
 Questions also share passages (XQuAD's paragraphs, XNLI's premises, Belebele's passages): where the
 predictions record them (`group`), examples are drawn a passage at a time and the s.e. is the
 cluster-robust one, for the same reason; without them each example is its own cluster.
+Training seeds are a second source of error: with_seeds widens a difference by the seeds' spread.
 """
 import math
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 
 def per_example(predictions, metric, where="predictions"):
@@ -155,6 +157,30 @@ def summarize(values, groups, n_resamples=0, seed=0, level=0.95, clusters=None):
         for i, key in enumerate(groups):
             out[key]["ci"] = [float(low[i]), float(high[i])]
     return out
+
+
+def with_seeds(cell, spreads, level=0.95):
+    """A difference's `cell` (mean, se over examples, as summarize gives it) widened by training seeds:
+    `spreads` holds (seed sd, number of seeds) of each side trained with a seed (a base model has none;
+    sd None with one seed). Returns dict(seed_se, total_se, df, total_ci): seed_se = sqrt(sum sd²/n)
+    (the sides' seeds are independent: different methods train apart), total_se adds it to the
+    examples' se in quadrature, df is Welch-Satterthwaite's (the examples' term has infinitely many
+    degrees of freedom, each side's n-1), total_ci is mean ± Student t quantile(df) × total_se.
+    Every value None where a trained side has fewer than 2 seeds (its spread is unmeasured) or the
+    examples' se is missing; with no trained side, the interval is the normal one around the se.
+    Simulated with 3 seeds a side (tests/test_stats.py), a 95% interval covered 93-95% of the time; a
+    normal one covers 88-90%, a t on the fewest seeds' n-1 degrees over 99%."""
+    out = dict(seed_se=None, total_se=None, df=None, total_ci=None)
+    if cell.get("se") is None or cell.get("mean") is None or any(sd is None or n < 2 for sd, n in spreads):
+        return out
+    terms = [(sd * sd / n, n - 1) for sd, n in spreads]
+    seed_var = sum(v for v, _ in terms)
+    total_var = cell["se"] ** 2 + seed_var
+    seeds_df = sum(v * v / df for v, df in terms)
+    df = math.inf if seeds_df == 0 else total_var ** 2 / seeds_df
+    half = float(scipy_stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(total_var)
+    return dict(seed_se=math.sqrt(seed_var), total_se=math.sqrt(total_var), df=df,
+                total_ci=[cell["mean"] - half, cell["mean"] + half])
 
 
 def fmt_ci(ci):

@@ -9,11 +9,13 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 
 import config as C
 import data
 import replica
 import report
+import stats
 
 N_RESAMPLES = 500
 
@@ -262,6 +264,14 @@ def test_headline_pools_seeds_and_matches_report_compare(tmp_path):
     text = replica.render_headline(table)
     assert f"± **{lora['non_en_vs_base_se']:.1f} > 2.0**" in text
     assert f"{lora['non_en']:.1f} (sd {lora['non_en_sd']:.1f})" in text
+    # over examples and seeds: the examples' s.e. and the seed sd / sqrt(3) in quadrature, a Student t
+    # interval with Welch-Satterthwaite's degrees of freedom (here (a + b)^2 / (b^2 / 2))
+    a, b = lora["non_en_vs_base_se"] ** 2, np.var(per_seed, ddof=1) / 3
+    total = lora["non_en_vs_base_diff"]
+    assert total["total_se"] == pytest.approx(math.sqrt(a + b)) and total["df"] == pytest.approx((a + b) ** 2 / (b * b / 2))
+    half = scipy.stats.t.ppf(0.975, total["df"]) * math.sqrt(a + b)
+    assert total["total_ci"] == pytest.approx([lora["non_en_vs_base"] - half, lora["non_en_vs_base"] + half])
+    assert f"± {total['total_se']:.1f} {stats.fmt_ci(total['total_ci'])} |" in text
 
 
 def test_headline_leaves_out_runs_whose_examples_do_not_load(tmp_path):
@@ -310,7 +320,37 @@ def test_findings_hold(tmp_path):
     assert marks["soft_prompt_low_resource"]["vs_best_prefix"]["mean"] == 0.0
     assert marks["lora_degrades"]["difference"]["mean"] == pytest.approx(100 * (10 / 60 - 20 / 60))
     text = replica.render_findings({"smollm2": {"xnli": marks}})
-    assert "| LoRA degrading non-English | smollm2 | xnli | **holds** | LoRA − base non-English -16.7" in text
+    assert ("| LoRA degrading non-English | smollm2 | xnli | **holds** (provisional, over examples only: LoRA r=4 "
+            "has one seed) | LoRA − base non-English -16.7") in text
+    assert all(m["basis"].startswith("provisional") for m in marks.values())
+
+
+def seeded(runs_dir, method, rules, task="xnli", languages=("en", "de", "sw")):
+    """One run of `method` per rule, seeds 0, 1, ...; each rule {lang or "*": rule} as in scenario."""
+    for seed, rule in enumerate(rules):
+        spec = f"{method}_{task}_smollm2" if seed == 0 else f"seed{seed}/{method}_{task}_smollm2"
+        fake_run(runs_dir, spec, method, task, {l: pattern(rule.get(l, rule["*"])) for l in languages}, seed=seed)
+
+
+def test_findings_count_seeds_where_every_method_has_two_or_more(tmp_path):
+    # LoRA loses the non-English questions on every seed alike; two prefix-tuning seeds gain much
+    # and one gains nothing: the mean gain over LoRA is clear over examples, not over seeds
+    scenario(tmp_path, dict(base={"*": third}))
+    seeded(tmp_path, "lora", [{"*": lambda i: i % 6 == 0}, {"*": lambda i: i % 6 == 1}, {"*": lambda i: i % 6 == 2}])
+    seeded(tmp_path, "prefix", [{"*": lambda i: i % 5 != 4}, {"*": lambda i: i % 5 != 3}, {"*": lambda i: i % 6 == 3}])
+    marks = judge(tmp_path)
+    over = marks["prefix_over_lora"]
+    diff = over["differences"]["prefix"]
+    assert diff["ci"][0] > 0 and diff["total_ci"][0] < 0 < diff["total_ci"][1]  # examples: holds; seeds: spans 0
+    assert over["verdict"] == replica.CANNOT_TELL and over["basis"] == "over examples and seeds"
+    assert "more seeds would tell more" in over["numbers"] and "over examples and seeds ±" in over["numbers"]
+    # LoRA below the base model on every seed: holds over both
+    assert marks["lora_degrades"]["verdict"] == replica.HOLDS
+    assert marks["lora_degrades"]["difference"]["total_ci"][1] < 0
+    # the same prefix-tuning seeds, all three gaining: holds over both
+    seeded(tmp_path, "prefix", [{"*": lambda i: i % 5 != 4}, {"*": lambda i: i % 5 != 3}, {"*": lambda i: i % 5 != 2}])
+    over = judge(tmp_path)["prefix_over_lora"]
+    assert over["verdict"] == replica.HOLDS and over["basis"] == "over examples and seeds"
 
 
 def test_findings_do_not_hold(tmp_path):

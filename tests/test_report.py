@@ -366,6 +366,19 @@ def test_runs_that_differ_only_in_seed_are_pooled(tmp_path):
     assert pooled["difference"]["avg"]["mean"] == pytest.approx(np.mean(avg) - base_avg)
     table = report.render_compare(result)
     assert "(sd " in table and "± " in table and "**avg (3)**" in table and "**non-English (2)**" in table
+    # against the base model (no training seed), the pooled seeds' difference also counts their spread;
+    # a single-seed entry's does not (its spread is unmeasured)
+    diff = pooled["difference"]["avg"]
+    assert diff["seed_se"] == pytest.approx(np.std(avg, ddof=1) / np.sqrt(3))
+    assert diff["total_se"] == pytest.approx(np.hypot(diff["se"], diff["seed_se"]))
+    assert diff["total_ci"][0] < diff["ci"][0] and diff["total_ci"][1] > diff["ci"][1]
+    assert entries["lora_xnli_lr"]["difference"]["avg"]["total_ci"] is None
+    assert f"; seeds ± {diff['total_se']:.1f} {stats.fmt_ci(diff['total_ci'])}" in table and "Welch" in table
+    # pooled seeds as the reference: a single seed against them is unmeasured on its side too
+    flipped = report.compare(tmp_path, ["lora_xnli_s0", "lora_xnli_s1", "lora_xnli_s2", "base_xnli_smollm2",
+                                        "lora_xnli_lr"], n_resamples=50)
+    base_vs, lr_vs = (e["difference"]["avg"] for e in flipped["entries"][1:])
+    assert base_vs["seed_se"] == pytest.approx(diff["seed_se"]) and lr_vs["total_ci"] is None
 
     # the same seed twice, or another field, keeps runs apart
     entries = [report.load_entry(tmp_path, n) for n in ("lora_xnli_s0", "lora_xnli_s1", "lora_xnli_lr")]
