@@ -633,7 +633,8 @@ def render_compare(result):
 
 def compare_figure(result):
     """Bars: each later entry's difference to the first, per language and average, with the
-    bootstrap interval as error bars."""
+    bootstrap interval as error bars and, where its seeds were counted (stats.with_seeds), the wider
+    interval over examples and seeds as thin dark whiskers."""
     keys, entries = list(result["labels"]), result["entries"][1:]
     width = 0.8 / len(entries)
     fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(keys) * max(1, len(entries) / 2)), 4.5))
@@ -643,11 +644,17 @@ def compare_figure(result):
         heights = [d["mean"] for d in diffs]
         errors = [[h - d["ci"][0] for h, d in zip(heights, diffs)], [d["ci"][1] - h for h, d in zip(heights, diffs)]]
         ax.bar(xs, heights, width, yerr=errors, capsize=2, label=entry["label"])
+        seeded = [(x, h, d["total_ci"]) for x, h, d in zip(xs, heights, diffs) if d.get("seed_se") and d.get("total_ci")]
+        if seeded:
+            ax.errorbar([x for x, _, _ in seeded], [h for _, h, _ in seeded], fmt="none", ecolor="0.2", elinewidth=0.7,
+                        capsize=4, yerr=[[h - ci[0] for _, h, ci in seeded], [ci[1] - h for _, h, ci in seeded]])
+    seeds = any(d.get("seed_se") and d.get("total_ci") for e in entries for d in e["difference"].values())
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(keys)), [result["labels"][k] for k in keys], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(f"{result['metric']} − {result['entries'][0]['label']}")
     ax.set_title(f"{result['task']}: difference to {result['entries'][0]['label']}; error bars: "
-                 f"{100 * result['level']:.0f}% paired bootstrap CI", fontsize=9)
+                 f"{100 * result['level']:.0f}% paired bootstrap CI"
+                 + ("; thin dark whiskers: over examples and training seeds" if seeds else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -427,6 +427,22 @@ def test_compare_writes_json_markdown_and_a_plot_and_is_reproducible(tmp_path, c
         first["entries"][1]["difference"]["avg"]["mean"]
 
 
+def test_compare_figure_draws_the_seed_interval_only_where_seeds_were_counted():
+    def result(seeded):
+        cell = dict(mean=4.0, se=1.0, ci=[2.0, 6.0], seed_se=2.0 if seeded else None,
+                    total_ci=[-1.0, 9.0] if seeded else None)
+        return dict(labels={"en": "en", "avg": "avg"}, metric="f1", task="xquad", level=0.95,
+                    entries=[dict(label="base"), dict(label="lora (3 seeds)", difference={"en": cell, "avg": cell})])
+    for seeded in (True, False):
+        fig = report.compare_figure(result(seeded))
+        ax = fig.axes[0]
+        whiskers = [c for c in ax.collections if c.get_segments()]  # one LineCollection per errorbar call
+        lows = sorted(min(p[1] for p in seg) for c in whiskers for seg in c.get_segments())
+        assert lows == ([-1.0, -1.0, 2.0, 2.0] if seeded else [2.0, 2.0])
+        assert ("training seeds" in ax.get_title()) == seeded
+        report.plt.close(fig)
+
+
 def legend_texts(fig):
     legend = fig.axes[0].get_legend()
     return [t.get_text() for t in legend.get_texts()] if legend else []
