@@ -165,7 +165,8 @@ def with_seeds(cell, spreads, level=0.95):
     sd None with one seed). Returns dict(seed_se, total_se, df, total_ci): seed_se = sqrt(sum sd²/n)
     (the sides' seeds are independent: different methods train apart), total_se adds it to the
     examples' se in quadrature, df is Welch-Satterthwaite's (the examples' term has infinitely many
-    degrees of freedom, each side's n-1), total_ci is mean ± Student t quantile(df) × total_se.
+    degrees of freedom, each side's n-1; None where that is infinite too, as no seed moved the score),
+    total_ci is mean ± Student t quantile(df) × total_se.
     Every value None where a trained side has fewer than 2 seeds (its spread is unmeasured) or the
     examples' se is missing; with no trained side, the interval is the normal one around the se.
     Simulated with 3 seeds a side (tests/test_stats.py), a 95% interval covered 93-95% of the time; a
@@ -177,8 +178,8 @@ def with_seeds(cell, spreads, level=0.95):
     seed_var = sum(v for v, _ in terms)
     total_var = cell["se"] ** 2 + seed_var
     seeds_df = sum(v * v / df for v, df in terms)
-    df = math.inf if seeds_df == 0 else total_var ** 2 / seeds_df
-    half = float(scipy_stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(total_var)
+    df = None if seeds_df == 0 else total_var ** 2 / seeds_df  # None: infinite, the normal quantile (JSON has no inf)
+    half = float(scipy_stats.t.ppf(0.5 + level / 2, math.inf if df is None else df)) * math.sqrt(total_var)
     return dict(seed_se=math.sqrt(seed_var), total_se=math.sqrt(total_var), df=df,
                 total_ci=[cell["mean"] - half, cell["mean"] + half])
 

@@ -1,4 +1,6 @@
 """stats.paired_gain: the gain evaluate.py prints, against a direct computation."""
+import json
+
 import numpy as np
 import pytest
 
@@ -72,7 +74,8 @@ def test_with_seeds_adds_the_seed_spread_and_counts_only_trained_sides():
     assert none == dict(seed_se=None, total_se=None, df=None, total_ci=None)
     assert stats.with_seeds(dict(cell, se=None), [(3.1, 3)])["total_ci"] is None
     alone = stats.with_seeds(cell, [])  # no trained side (base against base): the normal interval
-    assert alone["seed_se"] == 0 and alone["total_se"] == pytest.approx(1.1)
+    assert alone["seed_se"] == 0 and alone["total_se"] == pytest.approx(1.1) and alone["df"] is None  # not inf: JSON
+    assert json.loads(json.dumps(stats.with_seeds(cell, [(0.0, 3)]), allow_nan=False))["df"] is None
     assert alone["total_ci"] == pytest.approx([5.5 - 1.959964 * 1.1, 5.5 + 1.959964 * 1.1])
     # the examples' s.e. negligible, one trained side of 3 seeds: the plain t interval on 2 degrees of freedom
     one = stats.with_seeds(dict(mean=5.0, se=1e-9), [(2.0, 3)])
