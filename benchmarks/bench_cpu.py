@@ -17,7 +17,9 @@ Prints the CPU, torch's capability and what `dtype: auto` picks (models.auto_dty
   384 tokens, evaluate.generate).
 - other CPU costs, in the dtype auto picks, each as a ratio within this run: stopping generation at
   the task's stop string or EOS against always generating max_new_tokens; batching prompts sorted
-  by length against in their given order (padded fraction and time); torch's threads against one.
+  by length against in their given order (padded fraction and time); XNLI's choices scored after one
+  cached context against a forward pass per choice (with how far their scores differ); torch's
+  threads against one.
 
 Writes the numbers to --json (benchmarks/results_cpu.json) and appends a section to --results-md
 (benchmarks/RESULTS.md); --quick writes neither unless named. Timings on a shared machine are noisy:
@@ -235,6 +237,24 @@ def bench_model(name, args, task, out):
     del nets, loaded
 
 
+@torch.no_grad()
+def per_choice_logprobs(model, tokenizer, prompts, choices, batch_size):
+    """The baseline of evaluate.choice_logprobs: a right-padded forward pass over context + choice for
+    every choice (how evaluate.py scored choices before 2026-12-05), longest first."""
+    pairs = [(i, j, data.prompt_ids(tokenizer, p), data.answer_ids(tokenizer, p, c))
+             for i, (p, cs) in enumerate(zip(prompts, choices)) for j, c in enumerate(cs)]
+    pairs.sort(key=lambda x: -len(x[2]) - len(x[3]))
+    out = [[None] * len(cs) for cs in choices]
+    for k in range(0, len(pairs), batch_size):
+        chunk = pairs[k:k + batch_size]
+        ids, mask = train.pad_batch([p + c for _, _, p, c in chunk], tokenizer.pad_token_id)
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for row, (i, j, p, c) in enumerate(chunk):
+            logits = model.lm_head(hidden[row, len(p) - 1:len(p) + len(c) - 1]).float()
+            out[i][j] = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c)[:, None]).sum().item()
+    return out
+
+
 def costs(name, model, tokenizer, task, prompts, args, out, dtype):
     s = args.sizes
     rows = out["costs"]
@@ -286,6 +306,26 @@ def costs(name, model, tokenizer, task, prompts, args, out, dtype):
     print(f"  train.py's batches of 8 ({len(lengths)} XQuAD examples): padding {100 * shuffled:.0f}% of tokens "
           f"shuffled, {100 * bucketed:.0f}% with group_by_length", flush=True)
 
+    # choice scoring (XNLI's three labels): the context read once, each choice after its KV cache
+    # (evaluate.choice_logprobs), against one forward pass over context + choice per choice
+    xnli = data.load_task("xnli")
+    rows_ = xnli.eval_examples("en", args.data_dir, subset="heldout", split="validation", n=s["choice_examples"], seed=0)
+    got = {}
+    def cached():
+        got["cached"] = evaluate.choice_logprobs(model, tokenizer, [xnli.prompt(r) for r in rows_],
+                                                 [xnli.choices(r) for r in rows_], batch_size=8, device="cpu")
+    def per_choice():
+        got["per_choice"] = per_choice_logprobs(model, tokenizer, [xnli.prompt(r) for r in rows_],
+                                                [xnli.choices(r) for r in rows_], batch_size=8)
+    t = timed({"cached": cached, "per_choice": per_choice}, args.reps, args.warmup)
+    worst = max(abs(a - b) for x, y in zip(got["cached"], got["per_choice"]) for a, b in zip(x, y))
+    same = sum(max(range(3), key=x.__getitem__) == max(range(3), key=y.__getitem__)
+               for x, y in zip(got["cached"], got["per_choice"]))
+    label_tokens = [len(data.answer_ids(tokenizer, xnli.prompt(rows_[0]), c)) for c in xnli.choices(rows_[0])]
+    add(f"XNLI choice scoring, {len(rows_)} rows: one cached context vs a forward per choice", t["cached"],
+        t["per_choice"], f"labels {'/'.join(map(str, label_tokens))} tokens; same choice on {same}/{len(rows_)}, "
+        f"scores differ by at most {worst:.1e}")
+
     # threads: torch's default (all cores) against one
     n_threads, n_default = torch.get_num_threads(), args.default_threads
     ids, mask = left_padded(tokenizer, encoded[:s["batch"]])
@@ -305,9 +345,9 @@ def costs(name, model, tokenizer, task, prompts, args, out, dtype):
 
 
 SIZES = dict(full=dict(batch=4, length=384, questions=16, gen_batch=8, gen_prompt=200, new_tokens=16,
-                       eval_length=384, sort_length=512, train_count=256),
+                       eval_length=384, sort_length=512, train_count=256, choice_examples=48),
              quick=dict(batch=2, length=96, questions=4, gen_batch=2, gen_prompt=48, new_tokens=4,
-                        eval_length=128, sort_length=None, train_count=16))
+                        eval_length=128, sort_length=None, train_count=16, choice_examples=4))
 
 
 EMULATED = " (bf16 is emulated on this CPU, several times slower: one run each, no warm-up)"

@@ -27,8 +27,10 @@ def test_bench_cpu_quick_runs_every_cell_and_writes_its_ratios(tiny_model_dir, s
         assert r["fp32_s"] > 0 and r["bf16_s"] > 0 and r["ratio"] == pytest.approx(r["bf16_s"] / r["fp32_s"])
     quality, = result["quality"]
     assert 0 <= quality["next_token_argmax_agreement"] <= 1 and quality["n_questions"] == 4
-    assert [c["what"].split(":")[0] for c in result["costs"]][:2] == ["generation",
-                                                                       "prefill of 4 prompts in batches of 2"]
+    assert [c["what"].split(":")[0] for c in result["costs"]][:3] == [
+        "generation", "prefill of 4 prompts in batches of 2", "XNLI choice scoring, 4 rows"]
+    choice = result["costs"][2]
+    assert "same choice on 4/4" in choice["note"] and choice["ratio"] == pytest.approx(choice["a_s"] / choice["b_s"])
     loss, = result["loss_check"]
     assert loss["answer_loss"] == pytest.approx(loss["labels_loss"], abs=1e-5)  # the two losses are one loss
     md = out_md.read_text()

@@ -111,6 +111,30 @@ def test_cached_decoding_matches_full_forward(method, backend):
     torch.testing.assert_close(cached[valid], full[valid], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method, backend", [(m, "torch") for m in [None] + METHODS]
+                         + [(m, "triton") for m in ("prefix", "adapter")])
+def test_choices_scored_after_one_cached_context_match_a_forward_per_choice(method, backend):
+    """evaluate.score_choices reads a context once and each choice after a copy of its cache; with
+    contexts past the window (sliding layers' caches cut), choices of 0-4 tokens and 2-3 choices,
+    every score must be one plain forward pass over context + choice."""
+    import evaluate
+    model = with_method(tiny_gemma(), method, backend)
+    g = torch.Generator().manual_seed(3)
+    draw = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()  # noqa: E731
+    contexts = [draw(n) for n in (9, 5, 12, 7)]
+    choices = [[draw(2), draw(1), draw(4)], [draw(1), draw(1)], [draw(3), [], draw(2)], [draw(4), draw(3), draw(1)]]
+    with torch.no_grad():
+        got = evaluate.score_choices(model, contexts, choices, 0, batch_size=3, device="cpu")
+        for context, options, scores in zip(contexts, choices, got):
+            for option, score in zip(options, scores):
+                if not option:
+                    assert score == 0.0
+                    continue
+                logits = model(torch.tensor([context + option])).logits[0, len(context) - 1:-1].float()
+                want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(option)[:, None]).sum().item()
+                assert score == pytest.approx(want, abs=2e-5, rel=1e-5), (method, backend, context, option)
+
+
 # ---- each method: kernel and torch agree; the prefix is plain math ------------------------------
 
 @pytest.mark.parametrize("method", METHODS)

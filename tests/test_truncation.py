@@ -42,18 +42,23 @@ def test_every_option_of_an_example_is_scored_after_the_same_cut_context(tiny, m
     seen = []
     forward = model.model.forward
     def spy(input_ids, attention_mask, **kw):
-        seen.extend(ids[:int(m.sum())].tolist() for ids, m in zip(input_ids, attention_mask))
+        seen.append([ids[:int(m.sum())].tolist() for ids, m in zip(input_ids, attention_mask)])
         return forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
     monkeypatch.setattr(model.model, "forward", spy)
-    evaluate.choice_logprobs(model, tokenizer, [prompt], [options], batch_size=batch_size, device="cpu",
-                             max_length=max_length)
-    contexts = []
-    for option, size in zip(options, sizes):
-        (row,) = [r for r in seen if r[-size:] == tokenizer(option, add_special_tokens=False)["input_ids"]]
-        contexts.append(row[:-size])
-    # one cut, leaving room for the longest option: a per-option cut gives the short options more text
-    assert contexts[0] == contexts[1] == contexts[2], [len(c) for c in contexts]
-    assert len(contexts[0]) + max(sizes) == max_length
+    got = evaluate.choice_logprobs(model, tokenizer, [prompt], [options], batch_size=batch_size, device="cpu",
+                                   max_length=max_length)[0]
+    monkeypatch.undo()
+    # the context is read once, cut once, leaving room for the longest option (a per-option cut gives
+    # the short options more text)
+    ((context,), *continuations) = seen
+    assert len(context) + max(sizes) == max_length
+    assert len(continuations) == 2  # the two options of more than one token; " sea" is scored from the context
+    # and every option scores as one forward pass over that same context and the option
+    for option, score in zip(options, got):
+        ids = data.answer_ids(tokenizer, prompt, option)
+        logits = model(input_ids=torch.tensor([context + ids])).logits[0, len(context) - 1:-1]
+        want = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(ids)[:, None]).sum().item()
+        assert score == pytest.approx(want, abs=1e-4), option
 
 
 # --- item 6: a sample depends on the seed and the prompt, not on the batch ---------------------
