@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -351,6 +352,11 @@ def test_findings_count_seeds_where_every_method_has_two_or_more(tmp_path):
     seeded(tmp_path, "prefix", [{"*": lambda i: i % 5 != 4}, {"*": lambda i: i % 5 != 3}, {"*": lambda i: i % 5 != 2}])
     over = judge(tmp_path)["prefix_over_lora"]
     assert over["verdict"] == replica.HOLDS and over["basis"] == "over examples and seeds"
+    # two LoRA seeds: counted, but the verdict stays provisional until the third
+    shutil.rmtree(tmp_path / "seed2" / "lora_xnli_smollm2")
+    over = judge(tmp_path)["prefix_over_lora"]
+    assert over["basis"] == "over examples and seeds; provisional: LoRA r=4 has 2 seeds, of 3"
+    assert over["differences"]["prefix"]["total_ci"] is not None
 
 
 def test_findings_do_not_hold(tmp_path):
