@@ -61,9 +61,9 @@ def score_choices(model, contexts, choices, pad_id, *, batch_size, device):
     scores every choice's first token; a choice of more tokens then reads its other tokens after a
     copy of that cache, one choice index of every example in the batch at a time (at most a batch of
     rows per forward, as the context's). The same arithmetic as one forward pass per choice over
-    context + choice (tests/test_evaluate.py compares the two for every method), for about 1/C of
-    the work with C choices: XNLI's three labels are 2-3 tokens in most tokenizers. An empty choice
-    scores 0."""
+    context + choice (tests/test_gemma.py compares the two for every method and both attention
+    backends), for about 1/C of the work with C choices: XNLI's labels are 2, 1 and 1 tokens in
+    Gemma 3's and SmolLM2's tokenizers, which took three passes. An empty choice scores 0."""
 
     # the cache's keyword: `cache` from transformers 5.24 on, `past_key_values` before (gone in 5.40);
     # read from the class, so a wrapped or patched forward does not hide it

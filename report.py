@@ -509,8 +509,9 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
     examples and its spread across seeds, and the difference to the first with the paired s.e. and a
     paired bootstrap interval (the same resample of examples for both; parallel languages resampled
     together). Each difference also counts training seeds (stats.with_seeds: seed_se, total_se, df,
-    total_ci), where every trained side of it has at least two; a base row has no training seed. A single spec "RUN" compares the run's trained row against its base row. `languages`:
-    compare on these (each must be scored by every run), not on every language the runs share.
+    total_ci), where every trained side of it has at least two; a base row has no training seed.
+    A single spec "RUN" compares the run's trained row against its base row. `languages`: compare on
+    these (each must be scored by every run), not on every language the runs share.
 
     Returns the report as a JSON-ready dict (see render_compare)."""
     if n_resamples < 1 or not 0 < level < 1:
