@@ -355,7 +355,7 @@ def judged(diff, rows, methods, above_holds=True):
     interval over examples and training seeds (stats.with_seeds) where every trained method of
     `methods` has 2 or more seeds; the two must agree, else "cannot tell". The verdict is final where
     every trained method has FULL_SEEDS seeds; otherwise `basis` calls it provisional: with one seed
-    it is over examples only, and with 2 the seeds' interval covers less than it says (down to 89% for
+    it is over examples only, and with 2 the seeds' interval covers less than it says (down to 88% for
     a nominal 95% in stats.with_seeds' simulation)."""
     trained = [m for m in methods if m != "base"]
     single = [report.METHOD_NAMES[m] for m in trained if rows[m]["n_seeds"] < 2]
@@ -374,10 +374,9 @@ def _seeds_note(rows, methods):
 
 
 def _seeds_numbers(name, diff):
-    """" (LLaMA-Adapter − LoRA over examples and seeds ± 2.8 [-1.4, +12.4])"; "" where seeds are not counted."""
-    if diff.get("total_ci") is None or not diff.get("seed_se"):
-        return ""
-    return f"; {name} over examples and seeds ± {diff['total_se']:.1f} {stats.fmt_ci(diff['total_ci'])}"
+    """"; LLaMA-Adapter − LoRA over examples and seeds ± 2.8 [-1.4, +12.4]"; "" where seeds are not counted."""
+    seeds = stats.fmt_seeds(diff)
+    return f"; {name} over examples and seeds {seeds}" if seeds else ""
 
 
 def _too_small(mark, diffs, target):
@@ -512,15 +511,6 @@ def change(row, target):
     return stats.fmt_pm(cell, signed=True, ci=True, se_text=marked)
 
 
-def with_seeds(row):
-    """"± 2.0 [+3.6, +16.0]": the non-English change against the base model over examples and training
-    seeds (stats.with_seeds); "one seed" where the seeds' spread is not measured."""
-    diff = row.get("non_en_vs_base_diff") or {}
-    if diff.get("total_ci") is None:
-        return "one seed" if row["n_seeds"] < 2 else ""
-    return f"± {diff['total_se']:.1f} {stats.fmt_ci(diff['total_ci'])}"
-
-
 def render_headline(table):
     lines = []
     for model, tasks in table.items():
@@ -540,7 +530,8 @@ def render_headline(table):
                           [[report.METHOD_NAMES.get(m, m), str(r["n_seeds"]), _mean_sd(r["avg"], r["avg_sd"]),
                             _mean_sd(r["en"], r["en_sd"]), _mean_sd(r["non_en"], r["non_en_sd"]),
                             "(reference)" if m == "base" else change(r, cell["target_se"]),
-                            "" if m == "base" else with_seeds(r)]
+                            "" if m == "base" else "one seed" if r["n_seeds"] < 2 else
+                            stats.fmt_seeds(r["non_en_vs_base_diff"] or {})]
                            for m, r in methods.items()]), ""]
             lines += [f"- {n}" for n in cell["notes"]] + ([""] if cell["notes"] else [])
             if any(r["se_over_target"] for r in methods.values()):

@@ -589,14 +589,6 @@ def _count_clusters(clusters, values):
     return {l: len(set(stats.cluster_numbers(ids, clusters))) for l, (ids, _) in values.items()}
 
 
-def seeds_text(cell):
-    """"; seeds ± 2.8 [-1.4, +12.4]": a difference's s.e. and interval over examples and training seeds
-    (stats.with_seeds); "" where no side's seeds were counted (a side with one seed, or none trained)."""
-    if not cell.get("seed_se"):
-        return ""
-    return f"; seeds ± {cell['total_se']:.1f} {stats.fmt_ci(cell['total_ci'])}"
-
-
 def render_compare(result):
     """Markdown: languages and averages as rows; each entry's score (± s.e. over examples, seed sd),
     and each later entry's difference to the first (± paired s.e. [bootstrap interval])."""
@@ -612,8 +604,9 @@ def render_compare(result):
             sd = "" if score["seed_sd"] is None else f" (sd {score['seed_sd']:.1f})"
             cells.append(stats.fmt_pm(score) + sd)
             if i:
+                seeds = stats.fmt_seeds(entry["difference"][key])
                 cells.append(stats.fmt_pm(entry["difference"][key], signed=True, ci=True)
-                             + seeds_text(entry["difference"][key]))
+                             + (f"; seeds {seeds}" if seeds else ""))
         lines.append([label if key in result["n_examples"] else f"**{label}**"] + cells)
     n = sorted(set(result["n_examples"].values()))
     passages = sorted(set((result.get("n_clusters") or {}).values()))
@@ -623,7 +616,7 @@ def render_compare(result):
              f"score across seeds); differences to {reference} with the paired s.e. and a "
              f"{100 * result['level']:.0f}% paired bootstrap interval ({result['n_resamples']} resamples of "
              f"{result['resampling']}, seed {result['bootstrap_seed']})."]
-    if any((e["difference"][k].get("seed_se") or 0) > 0 for e in entries[1:] for k in e["difference"]):
+    if any(stats.fmt_seeds(d) for e in entries[1:] for d in e["difference"].values()):
         notes.append(f"`seeds ± s.e. [interval]`: the difference counting training seeds too (trained sides with "
                      f"2 or more seeds): the s.e. over examples and each side's seed sd/√n in quadrature, and a "
                      f"{100 * result['level']:.0f}% Student t interval (Welch-Satterthwaite degrees of freedom).")
@@ -645,11 +638,11 @@ def compare_figure(result):
         heights = [d["mean"] for d in diffs]
         errors = [[h - d["ci"][0] for h, d in zip(heights, diffs)], [d["ci"][1] - h for h, d in zip(heights, diffs)]]
         ax.bar(xs, heights, width, yerr=errors, capsize=2, label=entry["label"])
-        seeded = [(x, h, d["total_ci"]) for x, h, d in zip(xs, heights, diffs) if d.get("seed_se") and d.get("total_ci")]
+        seeded = [(x, h, d["total_ci"]) for x, h, d in zip(xs, heights, diffs) if stats.fmt_seeds(d)]
         if seeded:
             ax.errorbar([x for x, _, _ in seeded], [h for _, h, _ in seeded], fmt="none", ecolor="0.2", elinewidth=0.7,
                         capsize=4, yerr=[[h - ci[0] for _, h, ci in seeded], [ci[1] - h for _, h, ci in seeded]])
-    seeds = any(d.get("seed_se") and d.get("total_ci") for e in entries for d in e["difference"].values())
+    seeds = any(stats.fmt_seeds(d) for e in entries for d in e["difference"].values())
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(keys)), [result["labels"][k] for k in keys], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(f"{result['metric']} − {result['entries'][0]['label']}")

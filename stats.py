@@ -204,6 +204,15 @@ def fmt_pm(cell, signed=False, ci=False, se_text=None):
     return text + (f" {interval}" if interval else "")
 
 
+def fmt_seeds(cell):
+    """"± 2.0 [+3.5, +16.2]": a difference's s.e. and interval over examples and training seeds
+    (with_seeds), the one format of them; "" where no seed was counted (a side of one seed, none
+    trained, or no seed moved the score)."""
+    if not cell.get("seed_se") or cell.get("total_ci") is None:
+        return ""
+    return f"± {cell['total_se']:.1f} {fmt_ci(cell['total_ci'])}"
+
+
 def paired_gain(ours, base, languages, english, n_resamples=2000, seed=0, level=0.95, clusters=None):
     """{key: dict(mean, se, ci)} of ours - base per language and for "avg" and "non_en" (languages
     but `english`), on examples both scored; ours and base as {lang: (ids, values)}. Raises

@@ -429,7 +429,7 @@ def test_compare_writes_json_markdown_and_a_plot_and_is_reproducible(tmp_path, c
 
 def test_compare_figure_draws_the_seed_interval_only_where_seeds_were_counted():
     def result(seeded):
-        cell = dict(mean=4.0, se=1.0, ci=[2.0, 6.0], seed_se=2.0 if seeded else None,
+        cell = dict(mean=4.0, se=1.0, ci=[2.0, 6.0], seed_se=2.0 if seeded else None, total_se=2.5 if seeded else None,
                     total_ci=[-1.0, 9.0] if seeded else None)
         return dict(labels={"en": "en", "avg": "avg"}, metric="f1", task="xquad", level=0.95,
                     entries=[dict(label="base"), dict(label="lora (3 seeds)", difference={"en": cell, "avg": cell})])
