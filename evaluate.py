@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+from transformers import (DynamicCache, LogitsProcessor, TemperatureLogitsWarper,
                           TopPLogitsWarper)
 
 import adapters
@@ -131,43 +131,206 @@ def _eos_ids(model):
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
+def _common_length(a, b):
+    """How many leading token ids two lists share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def shared_prefixes(encoded, min_fraction=0.5):
+    """Prompts (token id lists) that begin alike, e.g. XQuAD's questions on one passage: per prompt its
+    group and how many leading tokens the group shares, read once for the group by generate().
+
+    Sorted by their ids, prompts fall into runs whose common prefix is at least min_fraction of each
+    member's tokens (XQuAD's passage is 70% of a prompt; an instruction shared by every prompt of a
+    task, a small part of each, makes no group). A run's shared prefix stops one token short of its
+    shortest member, so every row reads at least its last token itself, whose logits start the answer.
+    A prompt in no run is a group of its own, sharing 0. Returns (groups, shared), lists of ints."""
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+    groups, shared = [0] * len(encoded), [0] * len(encoded)
+    runs, run, common = [], [], 0
+    for i in order:
+        if run:
+            joint = min(common, _common_length(encoded[run[-1]], encoded[i]))
+            if joint >= min_fraction * max(len(encoded[j]) for j in run + [i]):
+                run, common = run + [i], joint
+                continue
+            runs.append((run, common))
+        run, common = [i], len(encoded[i])
+    if run:
+        runs.append((run, common))
+    for g, (members, common) in enumerate(runs):
+        for i in members:
+            groups[i] = g
+            shared[i] = min(common, min(len(encoded[j]) for j in members) - 1) if len(members) > 1 else 0
+    return groups, shared
+
+
+def _reads_holes(model):
+    """Whether every attention layer applies a 2D mask with holes exactly: the fused kernel
+    (attn_backend 'triton') represents left padding only, so rows sharing a prefix read it whole."""
+    return not any(getattr(m, "xprefix_backend", None) == "triton" for m in model.modules())
+
+
+def _window(model):
+    """The sliding window of a model with sliding-window layers (Gemma 3's local layers), else None.
+    transformers windows cache columns, not positions: a hole inside a row's window would hide real
+    keys, and a sliding layer's cache keeps only the window's last columns, so a batch shares
+    prefixes only where its prefixes and tails fit the window (decode_rows closes the holes after)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    sliding = any("sliding" in str(t) for t in getattr(config, "layer_types", None) or ()) or \
+        getattr(config, "use_sliding_window", window is not None)
+    return window if window and sliding else None
+
+
+def _close_holes(model, cache, mask):
+    """Moves each row's masked columns (padding, holes) to its left in the KV cache and the mask, the
+    others kept in order: the layout of a left-padded batch, so decoding goes on as it does there (a
+    window over cache columns then covers the real tokens it covers without holes). Every cache layer
+    must hold every column (decode_rows shares prefixes only within a sliding window). Returns the
+    mask so moved. A soft prompt's columns, in the cache and not in the mask, stay before the row's
+    first token, where its hook inserts them."""
+    soft = getattr(model.model, "soft_prompt", None)
+    wide = mask
+    if soft is not None:
+        _, in_prompt, source = soft._layout(mask, mask.shape[0], mask.shape[1], mask.device)
+        wide = soft._widen_mask(mask, in_prompt, source)
+    order = torch.sort(wide, dim=-1, stable=True).indices  # (B, columns): masked first, each kind in order
+    for layer in cache.layers:
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        if layer.keys.shape[2] != order.shape[1]:
+            raise RuntimeError(f"a cache layer holds {layer.keys.shape[2]} of {order.shape[1]} columns: "
+                               f"prefixes were shared past a sliding window")
+        picks = order[:, None, :, None].expand_as(layer.keys)
+        layer.keys, layer.values = layer.keys.gather(2, picks), layer.values.gather(2, picks)
+    return mask.gather(1, torch.sort(mask, dim=-1, stable=True).indices)
+
+
+def decode_rows(model, rows, heads, *, pad_id, device, max_new_tokens, stop_at, pick):
+    """New token ids after each row of prompt ids, decoded in one batch with a KV cache.
+
+    heads[r] > 0: row r's first heads[r] tokens are a prefix other rows of the batch share; each
+    distinct prefix is read once (left-padded, one row each), its cache copied to the rows that begin
+    with it, and each row then reads its own tail (left-padded after the prefix: a hole, masked, where
+    tails differ in length; positions count real tokens only). Rows with heads[r] == 0 read themselves
+    whole. The same arithmetic as reading every row whole (tests/test_generate.py).
+    stop_at(row, tokens) -> whether the row's answer is over after `tokens`; pick(logits, rows) -> the
+    next token of each of the given rows (logits float32, (len(rows), V)). A row leaves the batch when
+    it stops, so the rows still decoding cost each step what they alone cost."""
+    keyword = "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    if any(heads):  # a row without a shared prefix reads all but its last token as a prefix of its own
+        heads = [h or len(row) - 1 for h, row in zip(heads, rows)]
+        prefixes = list(dict.fromkeys(tuple(row[:h]) for h, row in zip(heads, rows)))
+        index = {p: k for k, p in enumerate(prefixes)}
+        head_ids, head_mask = pad_batch([list(p) for p in prefixes], pad_id, left=True)
+        head_ids, head_mask = head_ids.to(device), head_mask.to(device)
+        model.model(input_ids=head_ids, attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, **{keyword: cache})
+        picks = torch.tensor([index[tuple(row[:h])] for h, row in zip(heads, rows)], device=device)
+        cache.batch_select_indices(picks)
+        head_mask = head_mask[picks]
+    else:
+        head_mask = torch.zeros(len(rows), 0, dtype=torch.long, device=device)
+    ids, tail_mask = pad_batch([row[h:] for h, row in zip(heads, rows)], pad_id, left=True)
+    ids = ids.to(device)
+    mask = torch.cat([head_mask, tail_mask.to(device)], -1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    alive = list(range(len(rows)))
+    new = [[] for _ in rows]
+    for step in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{keyword: cache}).logits[:, -1].float()
+        if step == 0 and any(heads):  # decode on as a left-padded batch, holes closed
+            mask = _close_holes(model, cache, mask)
+        tokens = pick(logits, alive).tolist()
+        for r, t in zip(alive, tokens):
+            new[r].append(t)
+        going = [k for k, r in enumerate(alive) if not stop_at(r, new[r])]
+        if not going:
+            break
+        if len(going) < len(alive):
+            cache.batch_select_indices(torch.tensor(going, device=device))
+            mask, positions = mask[going], positions[going]
+            alive = [alive[k] for k in going]
+        ids = torch.tensor([[new[r][-1]] for r in alive], device=device)
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], -1)
+        positions = positions[:, -1:] + 1
+    return new
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts, *, batch_size, device, max_new_tokens, stop=(), do_sample=False,
-             temperature=1.0, top_p=1.0, max_length=None, with_limit=False):
+             temperature=1.0, top_p=1.0, max_length=None, with_limit=False, share=True):
     """Batched generation with left padding and a KV cache; returns the new text per prompt, cut
     before the first of the `stop` strings (`with_limit`: (text, whether the answer ran to
     max_new_tokens without a stop string or end of sequence, so may be cut short) per prompt).
-    Prompts are cut from the left so prompt and answer fit
-    max_length, as training cuts them. Sampling draws each prompt's tokens from a generator of its
-    own, seeded by one number drawn from the caller's RNG and the prompt's text, so a prompt samples
-    the same in any batch (any eval_batch_size, after halving on out-of-memory, on any rank)."""
+    Prompts are cut from the left so prompt and answer fit max_length, as training cuts them.
+
+    Prompts that begin alike (shared_prefixes: XQuAD's questions on one passage) are batched together
+    and their common prefix read once per batch (`share`, decode_rows), unless an attention layer
+    cannot apply the masks that takes (attn_backend 'triton': every prompt is then read whole) or a
+    batch would outgrow a sliding window. Greedy decoding takes each row's most likely token, as
+    transformers' generate() does (tests/test_generate.py compares the two). Sampling draws each
+    prompt's tokens from a generator of its own, seeded by one number drawn from the caller's RNG and
+    the prompt's text, so a prompt samples the same in any batch (any eval_batch_size, after halving
+    on out-of-memory, on any rank)."""
     room = max_length and max(max_length - max_new_tokens, 1)
     base_seed = torch.randint(2**40, ()).item() if do_sample else None
+    encoded = [data.prompt_ids(tokenizer, p, room) for p in prompts]
+    groups, shared = shared_prefixes(encoded) if share and _reads_holes(model) else \
+        (list(range(len(prompts))), [0] * len(prompts))
+    window = _window(model)
+    soft = getattr(getattr(model.model, "soft_prompt", None), "prompt", None)
+    extra = 0 if soft is None else soft.shape[0]  # the soft prompt's columns in the cache
+    eos = set(_eos_ids(model))  # what ends a row, as in transformers' generate()
+    ended = {tokenizer.eos_token_id, tokenizer.pad_token_id} | eos
 
     def continue_batch(batch):
-        sampling = {}
-        if do_sample:  # greedy over tokens _RowSampler drew
+        rows = [encoded[i] for i in batch]
+        heads = [shared[i] for i in batch]
+        if window and any(heads):  # the holes are closed after the tails are read: they must fit the window
+            heads = [h or len(r) - 1 for h, r in zip(heads, rows)]
+            columns = max(heads) + max(len(r) - h for r, h in zip(rows, heads)) + extra
+            heads = heads if columns < window else [0] * len(batch)
+        if any(heads) and min(map(len, rows)) < 2:  # a row of one token has no prefix of its own to read
+            heads = [0] * len(batch)
+        texts = [""] * len(batch)
+
+        def stop_at(row, tokens):
+            texts[row] = tokenizer.decode(tokens, skip_special_tokens=True)
+            return tokens[-1] in eos or any(s in texts[row] for s in stop)
+
+        if do_sample:  # each row draws with its own generator (_RowSampler), then greedy over the draw
             generators = [torch.Generator(device).manual_seed(base_seed + _prompt_seed(prompts[i])) for i in batch]
-            sampling = dict(logits_processor=LogitsProcessorList([_RowSampler(generators, temperature, top_p)]))
-        ids, mask = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, left=True)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max_new_tokens, stop_strings=list(stop) or None, tokenizer=tokenizer,
-                             pad_token_id=tokenizer.pad_token_id, do_sample=False, top_k=None, **sampling)
-        texts = []
-        ended = {tokenizer.eos_token_id, tokenizer.pad_token_id} | set(_eos_ids(model))
-        for row in range(len(batch)):
-            new = out[row, ids.shape[1]:]
-            text = tokenizer.decode(new, skip_special_tokens=True)
-            at_limit = len(new) == max_new_tokens and new[-1].item() not in ended and not any(s in text for s in stop)
+            def pick(logits, alive):
+                return _RowSampler([generators[r] for r in alive], temperature, top_p)(None, logits).argmax(-1)
+        else:
+            def pick(logits, alive):
+                return logits.argmax(-1)
+        new = decode_rows(model, rows, heads, pad_id=tokenizer.pad_token_id, device=device,
+                          max_new_tokens=max_new_tokens, stop_at=stop_at, pick=pick)
+        out = []
+        for tokens, text in zip(new, texts):
+            at_limit = len(tokens) == max_new_tokens and tokens[-1] not in ended and not any(s in text for s in stop)
             for s in stop:  # generation stops after a stop string; the answer is what came before
                 text = text.split(s)[0]
-            texts.append((text, at_limit) if with_limit else text)
-        return texts
+            out.append((text, at_limit) if with_limit else text)
+        return out
 
-    # batched longest first by token count: a batch is padded to its longest prompt (sorting by
-    # characters padded the demo's prefill 30% above its real tokens, by tokens 24%)
-    encoded = [data.prompt_ids(tokenizer, p, room) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    # batched a group at a time (its prompts together), the groups longest first by token count, as
+    # every prompt was before groups: a batch is padded to its longest prompt (sorting by characters
+    # padded the demo's prefill 30% above its real tokens, by tokens 24%)
+    longest = {}
+    for i, g in enumerate(groups):
+        longest[g] = max(longest.get(g, 0), len(encoded[i]))
+    order = sorted(range(len(prompts)), key=lambda i: (-longest[groups[i]], groups[i], -len(encoded[i])))
     return map_batches(continue_batch, order, batch_size)
 
 

@@ -147,17 +147,15 @@ def test_evaluation_halves_its_batch_on_out_of_memory(tiny_model_dir, shared_dat
         sizes.append(rows)
         if rows > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-    forward, generate = model.model.forward, model.generate
+    forward = model.model.forward  # every forward of scoring and of generation (decode_rows) goes through it
     monkeypatch.setattr(model.model, "forward", lambda input_ids, **kw: too_big(len(input_ids)) or
                         forward(input_ids=input_ids, **kw))
-    monkeypatch.setattr(model, "generate", lambda input_ids, **kw: too_big(len(input_ids)) or
-                        generate(input_ids=input_ids, **kw))
     assert evaluate.choice_logprobs(model, tokenizer, many_prompts, many_choices, batch_size=8, device="cpu") \
         == want_scores
     assert sizes[:2] == [8, 4] and max(sizes[2:]) == 2
     sizes.clear()
     assert evaluate.generate(model, tokenizer, prompts, batch_size=8, device="cpu", max_new_tokens=3) == want_texts
-    assert sizes[:2] == [5, 2] and max(sizes[1:]) == 2  # later sizes include generate's own forward calls
+    assert sizes[:2] == [5, 2] and max(sizes[1:]) == 2  # then every forward of a batch of 2 or fewer rows
     captured = capsys.readouterr()
     err = captured.out + captured.err  # tqdm.write prints to stdout
     assert "out of GPU memory with a batch of 8; continuing with 4" in err

@@ -24,11 +24,11 @@ BACKENDS = ["torch", "triton"]  # triton runs under TRITON_INTERPRET=1 on the CP
 METHODS = ["prefix", "adapter", "soft_prompt", "lora"]
 
 
-def tiny_gemma(attn_implementation="eager"):
+def tiny_gemma(attn_implementation="eager", window=WINDOW):
     # query_pre_attn_scalar differs from head_dim, so a path that ignores `scaling` fails
     config = Gemma3TextConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=40,
-                              sliding_window=WINDOW, layer_types=LAYER_TYPES, max_position_embeddings=256,
+                              sliding_window=window, layer_types=LAYER_TYPES, max_position_embeddings=256,
                               pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()

@@ -161,10 +161,10 @@ def test_cut_prompts_are_counted_as_the_model_saw_them(tiny, tiny_model_dir, sha
     cfg = xquad_cfg(tmp_path, tiny_model_dir, shared_data, eval_fit="cut", max_length=600, eval_samples=6)
     task = data.load_task("xquad")
     seen = []
-    def fake_generate(input_ids, attention_mask, max_new_tokens, **kw):
-        seen.extend(ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask))
-        return torch.cat([input_ids, torch.full((len(input_ids), max_new_tokens), 5)], 1)
-    monkeypatch.setattr(model, "generate", fake_generate)
+    def fake_decode(model, rows, heads, *, max_new_tokens, **kw):  # each row: the prompt ids the model reads
+        seen.extend(rows)
+        return [[5] * max_new_tokens for _ in rows]
+    monkeypatch.setattr(evaluate, "decode_rows", fake_decode)
     result = evaluate.evaluate_language(model, tokenizer, task, cfg, "de", "cpu")
     examples = task.eval_examples("de", cfg.data_dir, subset=cfg.eval_subset, n=6, seed=cfg.seed)
     cut = result["truncation"]
