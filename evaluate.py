@@ -6,8 +6,8 @@
     python evaluate.py --run NAME --harness xcopa,xstorycloze  # lm-evaluation-harness tasks (harness.py)
 
 Choice tasks (XNLI, Belebele) compare the log-likelihood of each option after the prompt;
-generation tasks (XQuAD, MGSM) generate with a KV cache, batched with left padding, and score the
-text. Each language's result (metrics and every prediction) is written atomically to
+generation tasks (XQuAD, MGSM) generate with a KV cache, batched with left padding (questions on one
+passage together, the passage read once per batch: generate), and score the text. Each language's result (metrics and every prediction) is written atomically to
 out_dir/<run>/eval/<row>/<lang>.json as soon as it is done, so an interrupted evaluation resumes at
 the first unfinished language. The table is written as results.json, results.csv and results.md.
 

@@ -5,7 +5,8 @@
 
 Per model and language, the first --questions held-out questions (articles 32-47, in the file's
 order, so several ask about each passage, as in a whole evaluation) are answered three ways in one
-run, with the replica's settings (fp32, batches of 16, the task's stop string and max_new_tokens):
+run: fp32, batches of 16 (the replica's), the task's stop string and max_new_tokens (32; the replica
+allows 160, which only a row that runs on without a newline reaches):
 - shared: evaluate.generate, a batch's common passage read once (evaluate.shared_prefixes);
 - whole: evaluate.generate(share=False), every prompt read whole by the same decoding loop;
 - transformers: model.generate() on the same batches, how evaluate.generate decoded before 2026-12-05.
