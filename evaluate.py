@@ -401,11 +401,13 @@ def fitting_ids(task, cfg, tokenizer, languages, length):
     return keep
 
 
-def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
+def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None, reuse=None):
     """One language's metrics, every prediction, and what its prompts lost to the length limit.
 
     Args:
         keep_ids: eval_fit "subset": fitting_ids' ids, of which eval_samples are drawn; None: any example.
+        reuse: {example id: record} already scored with these settings on a smaller sample (grown):
+            those examples keep their records, the others are scored. Every id must be in this sample.
     """
     torch.manual_seed(cfg.eval_seed)  # sampled generation is repeatable per language, resumed or not
     with data.schema_errors(task, cfg.data_dir):
@@ -422,6 +424,16 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
     cuts = [data.fit_prompt(tokenizer, p, room)[1:] for p, room in zip(prompts, rooms)]  # (tokens, characters)
     lost = [dict(tokens_cut=n_tokens, **task.cut_losses(ex, p, n_chars))
             for ex, p, (n_tokens, n_chars) in zip(examples, prompts, cuts)]
+    todo = list(range(len(examples)))
+    if reuse:
+        missing = set(reuse) - {ex["id"] for ex in examples}
+        if missing:
+            raise ValueError(f"{lang}: the cached result to grow scored {len(missing)} example(s) this sample of "
+                             f"{len(examples)} lacks (e.g. {sorted(missing)[:3]}): it was drawn otherwise; pass "
+                             f"--overwrite to score the whole sample again")
+        todo = [i for i, ex in enumerate(examples) if ex["id"] not in reuse]
+    everything = examples
+    examples, scored, prompts, lost_todo = ([xs[i] for i in todo] for xs in (examples, scored, prompts, lost))
     records = []
     max_new_tokens, do_sample = generation_settings(task, cfg)
     if task.kind == "choice":
@@ -438,19 +450,24 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None):
                                      device=device, max_length=length)
             preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
             kept = [dict(logprobs=s) for s in scores]
-        for ex, pred, more, cut in zip(examples, preds, kept, lost):
+        for ex, pred, more, cut in zip(examples, preds, kept, lost_todo):
             records.append(dict(id=ex.get("id"), group=ex.get("group"), label=ex["label"], prediction=pred, **more,
                                 correct=pred == ex["label"], **cut))
-        metrics = dict(accuracy=100.0 * sum(r["correct"] for r in records) / max(len(records), 1))
+        keys = ["correct"]
     else:
         answers = generate(model, tokenizer, prompts, batch_size=cfg.eval_batch_size, device=device,
                            max_new_tokens=max_new_tokens, stop=task.stop, do_sample=do_sample,
                            temperature=cfg.temperature, top_p=cfg.top_p, max_length=length, with_limit=True)
         scores = [task.score(text, ex) for ex, (text, _) in zip(examples, answers)]
-        for ex, (text, at_limit), score, cut in zip(examples, answers, scores, lost):
+        for ex, (text, at_limit), score, cut in zip(examples, answers, scores, lost_todo):
             records.append(dict(id=ex.get("id"), group=ex.get("group"), prediction=text, at_limit=at_limit, **score,
                                 **cut))
-        metrics = {k: sum(s[k] for s in scores) / len(scores) for k in (scores[0] if scores else {})}
+        keys = list(task.score("", everything[0])) if everything else []  # the metrics: what score() returns
+    fresh = dict(zip(todo, records))
+    records = [fresh[i] if i in fresh else reuse[ex["id"]] for i, ex in enumerate(everything)]
+    metrics = {k: sum(r[k] for r in records) / len(records) for k in keys} if records else {}
+    if task.kind == "choice":
+        metrics = dict(accuracy=100.0 * metrics.get("correct", 0.0))
     removed = [c["tokens_cut"] for c in lost if c["tokens_cut"]]
     truncation = dict(eval_fit=cfg.eval_fit, length=length, n_candidates=n_candidates,
                       n_fit=None if keep_ids is None else len(keep_ids), n_cut=len(removed),
@@ -480,6 +497,23 @@ def changed_settings(path, extra):
     return {k: (then[k], now[k]) for k in now if then[k] != now[k]}
 
 
+def grown(path, extra):
+    """A cached language result whose settings differ from this evaluation's only by a larger
+    eval_samples (or None: all): {example id: record} of the examples it scored, which the larger
+    sample holds too (data.sample draws n rows as the first n draws of the same shuffle, so 400 rows
+    are among 1,000 of the same seed; evaluate_language checks every id), else None."""
+    changed = changed_settings(path, extra)
+    if set(changed) != {"eval_samples"}:
+        return None
+    before, now = changed["eval_samples"]
+    if before is None or (now is not None and now <= before):
+        return None
+    records = json.loads(path.read_text()).get("predictions") or []
+    if not records or any(r.get("id") is None for r in records):
+        return None
+    return {r["id"]: r for r in records}
+
+
 def _computed_in(result):
     """The dtype a result was computed in: dtype "auto" depends on the machine (bf16 on CUDA and on CPUs
     with native bf16). Results written before it was recorded were fp32 on the CPU under auto."""
@@ -496,7 +530,11 @@ def check_cached(cfg, rows_extra, languages, overwrite):
     for row, extra in rows_extra.items():
         for lang in languages:
             path = cfg.run_dir / "eval" / row / f"{lang}.json"
-            if path.is_file() and (changed := changed_settings(path, extra)):
+            if path.is_file() and grown(path, extra) is not None:
+                if is_rank0():
+                    print(f"growing {path}: eval_samples {changed_settings(path, extra)['eval_samples']}, "
+                          f"scoring only the examples it lacks")
+            elif path.is_file() and (changed := changed_settings(path, extra)):
                 stale.append(f"{path}: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     if stale and not overwrite:
         raise ValueError(f"{len(stale)} cached result(s) were computed with other settings; pass --overwrite to "
@@ -516,8 +554,10 @@ def evaluate_row(model, tokenizer, task, cfg, row, languages, device, extra, kee
             results[lang] = json.loads(path.read_text())
             continue
         start = time.time()
-        result = evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids)
-        result.update(seconds=time.time() - start, **extra)
+        reuse = grown(path, extra) if path.is_file() else None
+        result = evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids, reuse)
+        before = json.loads(path.read_text())["seconds"] if reuse else 0.0
+        result.update(seconds=time.time() - start + before, **extra)  # the grown sample's time, all of it
         results[lang] = result
         if is_rank0():  # every rank has the gathered result; one writes it
             C.write_json_atomic(path, result)

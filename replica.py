@@ -196,8 +196,9 @@ def _task_model(folder):
 
 def measured(runs_dir, timings):
     """Seconds measured on finished work, {(task, model): {"train": [...], <language>: [...]}}: training
-    from timings.json (summed over resumes), evaluation per language from each cached language's own
-    `seconds` under runs_dir, every method and seed of that model and task together."""
+    from timings.json (summed over resumes), evaluation per language as seconds per example, from each
+    cached language's own `seconds` and `n` under runs_dir, every method and seed of that model and
+    task together."""
     out = {}
     for key, seconds in timings.items():
         folder, _, kind = key.rpartition("/")
@@ -206,20 +207,34 @@ def measured(runs_dir, timings):
     for path in sorted(Path(runs_dir).glob("**/eval/*/*.json")):
         cell = _task_model(path.parents[2])
         if cell:
-            seconds = json.loads(path.read_text()).get("seconds")
-            if isinstance(seconds, (int, float)):
-                out.setdefault(cell, {}).setdefault(path.stem, []).append(seconds)
+            result = json.loads(path.read_text())
+            seconds, n = result.get("seconds"), result.get("n")
+            if isinstance(seconds, (int, float)) and isinstance(n, int) and n > 0:
+                out.setdefault(cell, {}).setdefault(path.stem, []).append(seconds / n)
     return out
+
+
+_SIZES = {}
+
+
+def sample_size(cfg, lang):
+    """How many examples the run's evaluation scores in a language (eval_samples, or all it has)."""
+    key = (cfg.task, cfg.data_dir, lang, cfg.eval_subset, cfg.eval_split)
+    if key not in _SIZES:
+        _SIZES[key] = len(data.load_task(cfg.task).eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset,
+                                                                 split=cfg.eval_split, n=None, seed=cfg.eval_seed))
+    return _SIZES[key] if cfg.eval_samples is None else min(cfg.eval_samples, _SIZES[key])
 
 
 def plan(jobs, runs_dir, timings):
     """[(run folder, what is done, seconds left or None, seconds at least)] per job, and the markdown
     table of them. Seconds left are medians of what finished on the same model and task (a median, as a
     run paused or resumed across sessions records its whole wall time): training if its adapter is
-    missing, plus each language without a cached result. None where some part of it has not been
-    measured yet (training, say, on a task where only the base model ran); "at least" then sums the
-    parts that have been. A cached language counts as done even if evaluate.py would redo it under
-    other settings."""
+    missing, plus per language the examples its cached result lacks (all of them without one; those a
+    smaller eval_samples left out, which evaluate.py adds: evaluate.grown) at the seconds per example
+    measured there. None where some part of it has not been measured yet (training, say, on a task
+    where only the base model ran); "at least" then sums the parts that have been. A cached language
+    of as many examples counts as done even if evaluate.py would redo it under other settings."""
     seen = measured(runs_dir, timings)
     median = lambda values: float(np.median(values)) if values else None  # noqa: E731
     rows = []
@@ -230,11 +245,21 @@ def plan(jobs, runs_dir, timings):
         times = seen.get(_task_model(key), {})
         languages = cfg.eval_languages or list(data.load_task(cfg.task).languages)
         row = "base" if cfg.method == "base" else cfg.method
-        missing = [lang for lang in languages if not (cfg.run_dir / "eval" / row / f"{lang}.json").is_file()]
+        lacking, growing = {}, 0  # language: examples still to score; languages of a smaller sample
+        for lang in languages:
+            path = cfg.run_dir / "eval" / row / f"{lang}.json"
+            cached = json.loads(path.read_text()).get("n", 0) if path.is_file() else 0
+            if cached < (want := sample_size(cfg, lang)):
+                lacking[lang] = want - cached
+                growing += bool(cached)
+        missing = list(lacking)
         trained = cfg.method == "base" or (cfg.run_dir / "adapter" / "adapter_config.json").is_file()
-        parts = ([] if trained else [median(times.get("train", []))]) + [median(times.get(lang, [])) for lang in missing]
+        rates = {lang: median(times.get(lang, [])) for lang in missing}
+        parts = ([] if trained else [median(times.get("train", []))]) + \
+            [None if rates[lang] is None else rates[lang] * lacking[lang] for lang in missing]
         floor = sum(part for part in parts if part is not None)
-        done = ("" if trained else "to train, ") + f"{len(languages) - len(missing)}/{len(languages)} languages evaluated"
+        done = ("" if trained else "to train, ") + f"{len(languages) - len(missing)}/{len(languages)} languages evaluated" + \
+            (f" ({growing} of a smaller sample, to grow)" if growing else "")
         rows.append((key, done, None if None in parts else floor, floor))
     known = sum(left for _, _, left, _ in rows if left is not None)
     unknown = [floor for _, _, left, floor in rows if left is None]

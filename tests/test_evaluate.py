@@ -54,3 +54,44 @@ def test_pad_batch_pads_right_or_left():
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     ids, mask = pad_batch([[5, 6, 7], [8]], 0, left=True)  # generation: every row ends at the last column
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_a_grown_sample_scores_only_the_examples_it_lacks(tiny_model_dir, shared_data, tmp_path, monkeypatch):
+    """eval_samples 4 -> 9 (and -> all) reuses the 4 records and scores the rest; the result is what a fresh
+    evaluation of the larger sample gives. Any other changed setting is still refused without --overwrite."""
+    import json
+
+    import config as C
+    from test_pipeline import runs_file
+
+    def cfg_for(folder, **extra):
+        return C.get_run("tiny", path=runs_file(tmp_path / folder, tiny_model_dir, shared_data, **dict(
+            dict(method="base", eval_languages=["en"], eval_samples=4, out_dir=str(tmp_path / folder / "runs")),
+            **extra)))
+
+    scored = []
+    choose = evaluate.choice_logprobs
+    monkeypatch.setattr(evaluate, "choice_logprobs", lambda model, tokenizer, prompts, *a, **k:
+                        scored.append(len(prompts)) or choose(model, tokenizer, prompts, *a, **k))
+    evaluate.run(cfg_for("grow"))
+    assert scored == [4]
+    small = json.loads((cfg_for("grow").run_dir / "eval" / "base" / "en.json").read_text())
+    evaluate.run(cfg_for("grow", eval_samples=9))
+    assert scored == [4, 5]
+    grown = json.loads((cfg_for("grow").run_dir / "eval" / "base" / "en.json").read_text())
+    evaluate.run(cfg_for("fresh", eval_samples=9))
+    assert scored == [4, 5, 9]
+    fresh = json.loads((cfg_for("fresh").run_dir / "eval" / "base" / "en.json").read_text())
+    assert grown["n"] == fresh["n"] == 9 and grown["config"]["eval_samples"] == 9
+    assert [r["id"] for r in grown["predictions"]] == [r["id"] for r in fresh["predictions"]]
+    assert {r["id"] for r in small["predictions"]} < {r["id"] for r in grown["predictions"]}
+    for g, f in zip(grown["predictions"], fresh["predictions"]):
+        assert g["prediction"] == f["prediction"] and g["logprobs"] == pytest.approx(f["logprobs"], abs=1e-4)
+    assert grown["metrics"] == pytest.approx(fresh["metrics"])
+    assert grown["seconds"] > small["seconds"]  # the first part's time is counted in
+    # a smaller sample, or another setting changed with it, is not a grown one
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate.run(cfg_for("grow", eval_samples=3))
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate.run(cfg_for("grow", eval_samples=12, eval_seed=1))
+    assert scored == [4, 5, 9]

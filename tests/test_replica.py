@@ -44,7 +44,8 @@ def test_issue_15_sizes_every_held_out_question_with_whole_prompts(model):
     xquad, belebele, xnli = (C.get_run(f"base_{t}_{model}") for t in ("xquad", "belebele", "xnli"))
     assert (xquad.eval_subset, xquad.eval_samples, xquad.eval_fit) == ("articles_32_47", None, "whole")
     assert (belebele.eval_subset, belebele.eval_samples, belebele.eval_fit) == ("heldout", None, "whole")
-    assert xnli.eval_subset == "heldout" and xnli.eval_fit == "whole" and xnli.eval_samples >= 100
+    # XNLI: every held-out row (at 400 the measured s.e. was over the 2.0 target; runs.yaml says why)
+    assert (xnli.eval_subset, xnli.eval_samples, xnli.eval_fit) == ("heldout", None, "whole")
 
 
 def test_set_overrides_are_checked_before_any_work():
@@ -164,14 +165,18 @@ def test_timings_sum_over_resumes():
 
 
 
-def test_plan_prices_what_is_left_at_the_median_measured_on_the_same_model_and_task(tmp_path):
+def test_plan_prices_what_is_left_at_the_median_measured_on_the_same_model_and_task(tmp_path, shared_data):
     runs = tmp_path / "runs"
     jobs = [j for name in ("base_belebele_smollm2", "lora_belebele_smollm2", "lora_xnli_smollm2")
             for j in replica.seed_runs(name, {"out_dir": str(runs)}, [0, 1])]
-    def cached(spec, row, lang, seconds):
+    configs = {key: cfg for name in ("base_belebele_smollm2", "lora_belebele_smollm2", "lora_xnli_smollm2",
+                                     "base_xnli_smollm2") for key, cfg, _ in replica.seed_runs(name, {"out_dir": str(runs)}, [0, 1])}
+    def cached(spec, row, lang, seconds, part=1.0):  # seconds for `part` of the language's whole sample
         path = runs / spec / "eval" / row / f"{lang}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(language=lang, seconds=seconds)))
+        n = round(part * replica.sample_size(configs[spec], lang))
+        path.write_text(json.dumps(dict(language=lang, seconds=seconds * n / replica.sample_size(configs[spec], lang),
+                                        n=n)))
     # belebele: English measured three times (median 20), German once (40); one training (100) and an
     # unrelated model's (not counted)
     cached("base_belebele_smollm2", "base", "eng_Latn", 10.0)
@@ -186,10 +191,10 @@ def test_plan_prices_what_is_left_at_the_median_measured_on_the_same_model_and_t
     left = {key: seconds for key, _, seconds, _ in rows}
     floor = {key: seconds for key, _, _, seconds in rows}
     assert left["base_belebele_smollm2"] == 0.0  # both languages cached (results.json missing: not finished)
-    assert left["lora_belebele_smollm2"] == 40.0  # trained, German to do
-    assert left["seed1/lora_belebele_smollm2"] == 100.0 + 40.0  # to train, English cached
+    assert left["lora_belebele_smollm2"] == pytest.approx(40.0)  # trained, German to do
+    assert left["seed1/lora_belebele_smollm2"] == pytest.approx(100.0 + 40.0)  # to train, English cached
     assert left["lora_xnli_smollm2"] is None and left["seed1/lora_xnli_smollm2"] is None  # nothing measured
-    assert floor["lora_xnli_smollm2"] == 0.0 and floor["seed1/lora_belebele_smollm2"] == 140.0
+    assert floor["lora_xnli_smollm2"] == 0.0 and floor["seed1/lora_belebele_smollm2"] == pytest.approx(140.0)
     states = {key: state for key, state, _, _ in rows}
     assert states["seed1/lora_belebele_smollm2"] == "to train, 1/2 languages evaluated"
     # 180 s; the base run still has its summary to write
@@ -198,13 +203,20 @@ def test_plan_prices_what_is_left_at_the_median_measured_on_the_same_model_and_t
     assert "| `lora_xnli_smollm2` | to train, 0/15 languages evaluated | ? |" in text
     cached("seed1/lora_belebele_smollm2", "lora", "deu_Latn", 60.0)  # German's median is now 50
     left = {key: seconds for key, _, seconds, _ in replica.plan(jobs, runs, timings)[0]}
-    assert left["lora_belebele_smollm2"] == 50.0 and left["seed1/lora_belebele_smollm2"] == 100.0
+    assert left["lora_belebele_smollm2"] == pytest.approx(50.0) and left["seed1/lora_belebele_smollm2"] == pytest.approx(100.0)
     # XNLI: the base model's English measured (3,600 s), training not: a floor, not a price
     cached("base_xnli_smollm2", "base", "en", 3600.0)
     rows, text = replica.plan(jobs, runs, timings)
     left = {key: (seconds, floor) for key, _, seconds, floor in rows}
-    assert left["lora_xnli_smollm2"] == (None, 3600.0) and left["seed1/lora_xnli_smollm2"] == (None, 3600.0)
+    assert left["lora_xnli_smollm2"] == (None, pytest.approx(3600.0)) and left["seed1/lora_xnli_smollm2"] == (None, pytest.approx(3600.0))
     assert "| `lora_xnli_smollm2` | to train, 0/15 languages evaluated | ≥ 1.0 |" in text and "at least 2.0 h more" in text
+    # a language scored on a quarter of the sample evaluate.py now draws grows: three quarters are left,
+    # at its seconds per example (German: 40 and 60 s for the whole sample; this one 120 s per whole)
+    cached("lora_belebele_smollm2", "lora", "deu_Latn", 120.0, part=0.25)
+    rows, text = replica.plan(jobs, runs, timings)
+    left = {key: seconds for key, _, seconds, _ in rows}
+    assert left["lora_belebele_smollm2"] == pytest.approx(60.0 * 0.75, rel=0.02)  # median of 40, 60, 120
+    assert "| `lora_belebele_smollm2` | 1/2 languages evaluated (1 of a smaller sample, to grow) |" in text
 
 # --- finished runs as evaluate.py leaves them -------------------------------------------------------
 
