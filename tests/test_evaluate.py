@@ -56,9 +56,14 @@ def test_pad_batch_pads_right_or_left():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_a_grown_sample_scores_only_the_examples_it_lacks(tiny_model_dir, shared_data, tmp_path, monkeypatch):
-    """eval_samples 4 -> 9 (and -> all) reuses the 4 records and scores the rest; the result is what a fresh
-    evaluation of the larger sample gives. Any other changed setting is still refused without --overwrite."""
+TASKS = {"xnli": {}, "xquad": dict(task="xquad", eval_subset="articles_32_47", eval_split=None, max_new_tokens=3,
+                                   do_sample=False)}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_grown_sample_scores_only_the_examples_it_lacks(tiny_model_dir, shared_data, tmp_path, monkeypatch, task):
+    """eval_samples 4 -> 9 reuses the 4 records and scores the rest; the result is what a fresh evaluation
+    of the larger sample gives. Any other changed setting is still refused without --overwrite."""
     import json
 
     import config as C
@@ -67,12 +72,13 @@ def test_a_grown_sample_scores_only_the_examples_it_lacks(tiny_model_dir, shared
     def cfg_for(folder, **extra):
         return C.get_run("tiny", path=runs_file(tmp_path / folder, tiny_model_dir, shared_data, **dict(
             dict(method="base", eval_languages=["en"], eval_samples=4, out_dir=str(tmp_path / folder / "runs")),
-            **extra)))
+            **TASKS[task], **extra)))
 
     scored = []
-    choose = evaluate.choice_logprobs
-    monkeypatch.setattr(evaluate, "choice_logprobs", lambda model, tokenizer, prompts, *a, **k:
-                        scored.append(len(prompts)) or choose(model, tokenizer, prompts, *a, **k))
+    name = "choice_logprobs" if task == "xnli" else "generate"
+    score = getattr(evaluate, name)
+    monkeypatch.setattr(evaluate, name, lambda model, tokenizer, prompts, *a, **k:
+                        scored.append(len(prompts)) or score(model, tokenizer, prompts, *a, **k))
     evaluate.run(cfg_for("grow"))
     assert scored == [4]
     small = json.loads((cfg_for("grow").run_dir / "eval" / "base" / "en.json").read_text())
@@ -86,7 +92,8 @@ def test_a_grown_sample_scores_only_the_examples_it_lacks(tiny_model_dir, shared
     assert [r["id"] for r in grown["predictions"]] == [r["id"] for r in fresh["predictions"]]
     assert {r["id"] for r in small["predictions"]} < {r["id"] for r in grown["predictions"]}
     for g, f in zip(grown["predictions"], fresh["predictions"]):
-        assert g["prediction"] == f["prediction"] and g["logprobs"] == pytest.approx(f["logprobs"], abs=1e-4)
+        assert g["prediction"] == f["prediction"]
+        assert g.get("logprobs") == pytest.approx(f.get("logprobs"), abs=1e-4) and g.get("f1") == f.get("f1")
     assert grown["metrics"] == pytest.approx(fresh["metrics"])
     assert grown["seconds"] > small["seconds"]  # the first part's time is counted in
     # a smaller sample, or another setting changed with it, is not a grown one
