@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a machine with no torch, this is what gets installed (on our CPU machines: a CPU build on disk).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-latest lock test-gpu bench bench-peft bench-cpu bench-generate replica clean
+.PHONY: setup demo test test-latest lock test-gpu bench bench-peft bench-cpu bench-generate bench-choices replica clean
 
 setup: $(VENV)/.installed
 
@@ -87,6 +87,10 @@ bench-cpu: setup
 # XQuAD generation with each passage read once per batch, against every prompt whole and transformers' generate()
 bench-generate: setup
 	$(PY) benchmarks/bench_generate.py
+
+# XNLI/Belebele choice scoring with each premise or passage read once per batch, against every context whole
+bench-choices: setup
+	$(PY) benchmarks/bench_choices.py
 
 # the small-scale replica: 5 methods x XNLI, XQuAD, Belebele x SmolLM2-135M, Gemma 3 270M (results/replica/)
 replica: setup

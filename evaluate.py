@@ -16,6 +16,7 @@ its share of the batches a single process would form, each exactly as that proce
 the results are gathered, and rank 0 writes the same files a single process writes.
 """
 import argparse
+import collections
 import copy
 import csv
 import hashlib
@@ -44,38 +45,50 @@ from train import Curves, pad_batch
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, prompts, choices, *, batch_size, device, max_length=None):
+def choice_logprobs(model, tokenizer, prompts, choices, *, batch_size, device, max_length=None, share=True):
     """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. A prompt
     is cut from the left once, to fit max_length with the example's longest choice, so every choice
     of an example is scored after the same text (score_choices reads the prompt once for them all)."""
     encoded = [[data.answer_ids(tokenizer, p, c) for c in cs] for p, cs in zip(prompts, choices)]
     contexts = [data.prompt_ids(tokenizer, p, max_length and max(max_length - max(map(len, cs), default=0), 1))
                 for p, cs in zip(prompts, encoded)]
-    return score_choices(model, contexts, encoded, tokenizer.pad_token_id, batch_size=batch_size, device=device)
+    return score_choices(model, contexts, encoded, tokenizer.pad_token_id, batch_size=batch_size, device=device,
+                         share=share)
 
 
-def score_choices(model, contexts, choices, pad_id, *, batch_size, device):
+def score_choices(model, contexts, choices, pad_id, *, batch_size, device, share=True):
     """Sum of log-probabilities of each choice's token ids after its context's ids: list of lists.
 
-    Each context is read once (batched longest first, left-padded) into a KV cache. Its last position
-    scores every choice's first token; a choice of more tokens then reads its other tokens after a
+    Each context is read once (batched longest first, group_order, left-padded) into a KV cache. Its
+    last position scores every choice's first token; a choice of more tokens then reads its other tokens after a
     copy of that cache, one choice index of every example in the batch at a time (at most a batch of
     rows per forward, as the context's). The same arithmetic as one forward pass per choice over
     context + choice (tests/test_gemma.py compares the two for every method and both attention
     backends), for about 1/C of the work with C choices: XNLI's labels are 2, 1 and 1 tokens in
-    Gemma 3's and SmolLM2's tokenizers, which took three passes. An empty choice scores 0."""
+    Gemma 3's and SmolLM2's tokenizers, which took three passes. An empty choice scores 0.
+
+    Contexts that begin alike (shared_prefixes: XNLI's three hypotheses of a premise, Belebele's
+    questions on a passage, about a third of their tokens) are batched together and their common
+    prefix read once per batch (`share`, read_prefixes), as generate() does: 32-36% fewer context
+    tokens read (tests/test_generate.py compares with a forward per choice)."""
 
     # the cache's keyword: `cache` from transformers 5.24 on, `past_key_values` before (gone in 5.40);
     # read from the class, so a wrapped or patched forward does not hide it
     keyword = "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
+    groups, shared = shared_prefixes(contexts) if share and _reads_holes(model) else \
+        (list(range(len(contexts))), [0] * len(contexts))
 
     def score(batch):
-        ids, mask = pad_batch([contexts[i] for i in batch], pad_id, left=True)
-        ids, mask = ids.to(device), mask.to(device)
-        more = max((len(c) for i in batch for c in choices[i]), default=0) > 1
+        rows = [contexts[i] for i in batch]
+        heads = fit_heads(model, rows, [shared[i] for i in batch])
+        more = any(heads) or max((len(c) for i in batch for c in choices[i]), default=0) > 1
         context_cache = DynamicCache(config=model.config) if more else None
-        out = model.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        ids, mask, positions = read_prefixes(model, rows, heads, pad_id=pad_id, device=device, cache=context_cache,
+                                             keyword=keyword)
+        out = model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                           use_cache=more, **({keyword: context_cache} if more else {}))
+        if any(heads):  # the choices read after a left-padded context, holes closed
+            mask = _close_holes(model, context_cache, mask)
         first = F.log_softmax(model.lm_head(out.last_hidden_state[:, -1]).float(), -1)  # (B, V)
         scores = [[first[row, c[0]].item() if c else 0.0 for c in choices[i]] for row, i in enumerate(batch)]
         for j in range(max(len(choices[i]) for i in batch) if more else 0):
@@ -96,8 +109,7 @@ def score_choices(model, contexts, choices, pad_id, *, batch_size, device):
                 scores[row][j] += F.log_softmax(logits, -1).gather(-1, torch.tensor(c[1:], device=device)[:, None]).sum().item()
         return scores
 
-    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
-    return map_batches(score, order, batch_size)
+    return map_batches(score, group_order(contexts, groups), batch_size)
 
 
 class _RowSampler(LogitsProcessor):
@@ -141,14 +153,17 @@ def _common_length(a, b):
     return n
 
 
-def shared_prefixes(encoded, min_fraction=0.5):
+def shared_prefixes(encoded, min_fraction=0.3):
     """Prompts (token id lists) that begin alike, e.g. XQuAD's questions on one passage: per prompt its
-    group and how many leading tokens the group shares, read once for the group by generate().
+    group and how many leading tokens the group shares, read once for the group by generate() and
+    score_choices().
 
     Sorted by their ids, prompts fall into runs whose common prefix is at least min_fraction of each
-    member's tokens (XQuAD's passage is 70% of a prompt; an instruction shared by every prompt of a
-    task, a small part of each, makes no group). A run's shared prefix stops one token short of its
-    shortest member, so every row reads at least its last token itself, whose logits start the answer.
+    member's tokens (XQuAD's passage is 70% of a prompt, XNLI's premise 30-50% in Gemma 3's tokens,
+    Belebele's passage most; an instruction shared by every prompt of a task, a small part of each,
+    makes no group, and a run stops where a row would shrink its common prefix below that). A run's
+    shared prefix stops one token short of its shortest member, so every row reads at least its last
+    token itself, whose logits start the answer.
     A prompt in no run is a group of its own, sharing 0. Returns (groups, shared), lists of ints."""
     order = sorted(range(len(encoded)), key=lambda i: encoded[i])
     groups, shared = [0] * len(encoded), [0] * len(encoded)
@@ -168,6 +183,40 @@ def shared_prefixes(encoded, min_fraction=0.5):
             groups[i] = g
             shared[i] = min(common, min(len(encoded[j]) for j in members) - 1) if len(members) > 1 else 0
     return groups, shared
+
+
+def group_order(encoded, groups):
+    """The order to batch prompts in: a group at a time (its prompts together), the groups longest first
+    by token count, as every prompt was before groups (a batch is padded to its longest prompt)."""
+    longest = {}
+    for i, g in enumerate(groups):
+        longest[g] = max(longest.get(g, 0), len(encoded[i]))
+    return sorted(range(len(encoded)), key=lambda i: (-longest[groups[i]], groups[i], -len(encoded[i])))
+
+
+def own_heads(rows, heads):
+    """heads as read_prefixes reads them: where any row of a batch shares a prefix, a row that shares none
+    reads all but its last token as a prefix of its own (every row then reads a tail of at least one)."""
+    return [h or len(row) - 1 for h, row in zip(heads, rows)] if any(heads) else list(heads)
+
+
+def fit_heads(model, rows, heads):
+    """heads (shared_prefixes' counts for a batch's rows) as the batch can read them (read_prefixes): 0
+    for a row whose prefix no other row of the batch shares (a group split between batches), all 0
+    (every row read whole) where a row has one token (no prefix of its own to read) or where, under a
+    sliding window, the prefixes and tails would not fit it (_window; a soft prompt's columns count)."""
+    count = collections.Counter(tuple(row[:h]) for h, row in zip(heads, rows) if h)
+    heads = [h if h and count[tuple(row[:h])] > 1 else 0 for h, row in zip(heads, rows)]
+    if not any(heads) or min(map(len, rows)) < 2:
+        return [0] * len(rows)
+    window = _window(model)
+    if window:
+        soft = getattr(getattr(model.model, "soft_prompt", None), "prompt", None)
+        own = own_heads(rows, heads)
+        columns = max(own) + max(len(r) - h for r, h in zip(rows, own)) + (0 if soft is None else soft.shape[0])
+        if columns >= window:
+            return [0] * len(rows)
+    return list(heads)
 
 
 def _reads_holes(model):
@@ -212,21 +261,19 @@ def _close_holes(model, cache, mask):
     return mask.gather(1, torch.sort(mask, dim=-1, stable=True).indices)
 
 
-def decode_rows(model, rows, heads, *, pad_id, device, max_new_tokens, stop_at, pick):
-    """New token ids after each row of prompt ids, decoded in one batch with a KV cache.
+def read_prefixes(model, rows, heads, *, pad_id, device, cache, keyword):
+    """Reads the prefixes rows share into cache; returns (ids, mask, positions) of what each row reads
+    next, for the caller's forward pass over the same cache.
 
     heads[r] > 0: row r's first heads[r] tokens are a prefix other rows of the batch share; each
     distinct prefix is read once (left-padded, one row each), its cache copied to the rows that begin
-    with it, and each row then reads its own tail (left-padded after the prefix: a hole, masked, where
-    tails differ in length; positions count real tokens only). Rows with heads[r] == 0 read themselves
-    whole. The same arithmetic as reading every row whole (tests/test_generate.py).
-    stop_at(row, tokens) -> whether the row's answer is over after `tokens`; pick(logits, rows) -> the
-    next token of each of the given rows (logits float32, (len(rows), V)). A row leaves the batch when
-    it stops, so the rows still decoding cost each step what they alone cost."""
-    keyword = "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
-    cache = DynamicCache(config=model.config)
-    if any(heads):  # a row without a shared prefix reads all but its last token as a prefix of its own
-        heads = [h or len(row) - 1 for h, row in zip(heads, rows)]
+    with it, and each row then reads its own tail (ids: left-padded after the prefix, a hole, masked,
+    where tails differ in length; positions count real tokens only; own_heads: a row sharing none reads
+    all but its last token as its own prefix). All heads 0: ids are the rows whole, left-padded, and
+    nothing is read. After the tails are read, _close_holes makes the cache an ordinary left-padded
+    batch's. The same arithmetic as reading every row whole (tests/test_generate.py, test_gemma.py)."""
+    heads = own_heads(rows, heads)
+    if any(heads):
         prefixes = list(dict.fromkeys(tuple(row[:h]) for h, row in zip(heads, rows)))
         index = {p: k for k, p in enumerate(prefixes)}
         head_ids, head_mask = pad_batch([list(p) for p in prefixes], pad_id, left=True)
@@ -239,9 +286,21 @@ def decode_rows(model, rows, heads, *, pad_id, device, max_new_tokens, stop_at, 
     else:
         head_mask = torch.zeros(len(rows), 0, dtype=torch.long, device=device)
     ids, tail_mask = pad_batch([row[h:] for h, row in zip(heads, rows)], pad_id, left=True)
-    ids = ids.to(device)
     mask = torch.cat([head_mask, tail_mask.to(device)], -1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    return ids.to(device), mask, (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+
+
+def decode_rows(model, rows, heads, *, pad_id, device, max_new_tokens, stop_at, pick):
+    """New token ids after each row of prompt ids, decoded in one batch with a KV cache.
+
+    heads: per row how many leading tokens it shares with other rows of the batch, read once
+    (read_prefixes; 0 for none); the holes are closed after the prompts are read.
+    stop_at(row, tokens) -> whether the row's answer is over after `tokens`; pick(logits, rows) -> the
+    next token of each of the given rows (logits float32, (len(rows), V)). A row leaves the batch when
+    it stops, so the rows still decoding cost each step what they alone cost."""
+    keyword = "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    ids, mask, positions = read_prefixes(model, rows, heads, pad_id=pad_id, device=device, cache=cache, keyword=keyword)
     alive = list(range(len(rows)))
     new = [[] for _ in rows]
     for step in range(max_new_tokens):
@@ -286,21 +345,12 @@ def generate(model, tokenizer, prompts, *, batch_size, device, max_new_tokens, s
     encoded = [data.prompt_ids(tokenizer, p, room) for p in prompts]
     groups, shared = shared_prefixes(encoded) if share and _reads_holes(model) else \
         (list(range(len(prompts))), [0] * len(prompts))
-    window = _window(model)
-    soft = getattr(getattr(model.model, "soft_prompt", None), "prompt", None)
-    extra = 0 if soft is None else soft.shape[0]  # the soft prompt's columns in the cache
     eos = set(_eos_ids(model))  # what ends a row, as in transformers' generate()
     ended = {tokenizer.eos_token_id, tokenizer.pad_token_id} | eos
 
     def continue_batch(batch):
         rows = [encoded[i] for i in batch]
-        heads = [shared[i] for i in batch]
-        if window and any(heads):  # the holes are closed after the tails are read: they must fit the window
-            heads = [h or len(r) - 1 for h, r in zip(heads, rows)]
-            columns = max(heads) + max(len(r) - h for r, h in zip(rows, heads)) + extra
-            heads = heads if columns < window else [0] * len(batch)
-        if any(heads) and min(map(len, rows)) < 2:  # a row of one token has no prefix of its own to read
-            heads = [0] * len(batch)
+        heads = fit_heads(model, rows, [shared[i] for i in batch])
         texts = [""] * len(batch)
 
         def stop_at(row, tokens):
@@ -324,14 +374,8 @@ def generate(model, tokenizer, prompts, *, batch_size, device, max_new_tokens, s
             out.append((text, at_limit) if with_limit else text)
         return out
 
-    # batched a group at a time (its prompts together), the groups longest first by token count, as
-    # every prompt was before groups: a batch is padded to its longest prompt (sorting by characters
-    # padded the demo's prefill 30% above its real tokens, by tokens 24%)
-    longest = {}
-    for i, g in enumerate(groups):
-        longest[g] = max(longest.get(g, 0), len(encoded[i]))
-    order = sorted(range(len(prompts)), key=lambda i: (-longest[groups[i]], groups[i], -len(encoded[i])))
-    return map_batches(continue_batch, order, batch_size)
+    # by token count (sorting by characters padded the demo's prefill 30% above its real tokens, by tokens 24%)
+    return map_batches(continue_batch, group_order(encoded, groups), batch_size)
 
 
 def eval_length(cfg, model):

@@ -52,17 +52,17 @@ def transformers_generate(model, tokenizer, prompts, batch_size, max_new_tokens,
     return map_batches(batch, sorted(range(len(prompts)), key=lambda i: -len(encoded[i])), batch_size)
 
 
-def counting_reads(decode, reads):
-    """decode (evaluate.decode_rows), wrapped to add the prompt tokens each batch reads to reads[0]: each shared
-    prefix once and every row's tail, as decode_rows reads them (all of every row where none is shared)."""
+def counting_reads(read, reads):
+    """read (evaluate.read_prefixes), wrapped to add the prompt tokens each batch reads to reads[0]: each shared
+    prefix once and every row's tail, as read_prefixes reads them (all of every row where none is shared)."""
     def wrapped(model, rows, heads, **kw):
         if any(heads):
-            heads_ = [h or len(r) - 1 for h, r in zip(heads, rows)]
+            heads_ = evaluate.own_heads(rows, heads)
             reads[0] += sum(len(p) for p in {tuple(r[:h]) for h, r in zip(heads_, rows)})
             reads[0] += sum(len(r) - h for h, r in zip(heads_, rows))
         else:
             reads[0] += sum(map(len, rows))
-        return decode(model, rows, heads, **kw)
+        return read(model, rows, heads, **kw)
     return wrapped
 
 
@@ -83,7 +83,7 @@ def main():
         args.json = args.json or str(ROOT / "benchmarks" / "results_generate.json")
         args.results_md = args.results_md or str(ROOT / "benchmarks" / "RESULTS.md")
     task = data.load_task("xquad")
-    decode = evaluate.decode_rows
+    read_prefixes = evaluate.read_prefixes
     out = dict(date=datetime.date.today().isoformat(), command="python benchmarks/bench_generate.py " + " ".join(sys.argv[1:]),
                cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
                load_before=os.getloadavg()[0], max_new_tokens=task.max_new_tokens, stop=list(task.stop),
@@ -106,13 +106,13 @@ def main():
                                                                 device="cpu", max_new_tokens=task.max_new_tokens,
                                                                 stop=task.stop, share=False))]:
                 reads = [0]
-                evaluate.decode_rows = counting_reads(decode, reads)
+                evaluate.read_prefixes = counting_reads(read_prefixes, reads)
                 start = time.perf_counter()
                 try:
                     answers[way] = fn()
                 finally:
                     seconds[way] = time.perf_counter() - start
-                    evaluate.decode_rows = decode
+                    evaluate.read_prefixes = read_prefixes
                 read[way] = reads[0]
             total = sum(len(data.prompt_ids(tokenizer, p)) for p in prompts)
             row = dict(model=name, language=lang, questions=len(prompts), prompt_tokens=total, tokens_read_shared=read["shared"], tokens_read_whole=read["whole"],
