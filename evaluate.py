@@ -89,8 +89,8 @@ def score_choices(model, contexts, choices, pad_id, *, batch_size, device, share
                           use_cache=more, **({keyword: context_cache} if more else {}))
         if any(heads):  # the choices read after a left-padded context, holes closed
             mask = _close_holes(model, context_cache, mask)
-        first = F.log_softmax(model.lm_head(out.last_hidden_state[:, -1]).float(), -1)  # (B, V)
-        scores = [[first[row, c[0]].item() if c else 0.0 for c in choices[i]] for row, i in enumerate(batch)]
+        states = [out.last_hidden_state[:, -1]]  # what goes through the LM head, once, at the end
+        wants = [(row, j, row, c[0]) for row, i in enumerate(batch) for j, c in enumerate(choices[i]) if c]
         for j in range(max(len(choices[i]) for i in batch) if more else 0):
             rows = [row for row, i in enumerate(batch) if j < len(choices[i]) and len(choices[i][j]) > 1]
             if not rows:
@@ -104,12 +104,38 @@ def score_choices(model, contexts, choices, pad_id, *, batch_size, device, share
             hidden = model.model(input_ids=feed, attention_mask=torch.cat([mask[rows], feed_mask], -1),
                                  position_ids=start + torch.arange(feed.shape[1], device=device), use_cache=True,
                                  **{keyword: cache}).last_hidden_state
+            at = sum(map(len, states))
             for k, (row, c) in enumerate(zip(rows, tails)):  # only the choice's positions go through the LM head
-                logits = model.lm_head(hidden[k, :len(c) - 1]).float()
-                scores[row][j] += F.log_softmax(logits, -1).gather(-1, torch.tensor(c[1:], device=device)[:, None]).sum().item()
+                states.append(hidden[k, :len(c) - 1])
+                wants += [(row, j, at + t, token) for t, token in enumerate(c[1:])]
+                at += len(c) - 1
+        scores = [[0.0] * len(choices[i]) for i in batch]
+        picked = token_logprobs(model, torch.cat(states), [w[2] for w in wants], [w[3] for w in wants])
+        for (row, j, _, _), logprob in zip(wants, picked):
+            scores[row][j] += logprob
         return scores
 
     return map_batches(score, group_order(contexts, groups), batch_size)
+
+
+def token_logprobs(model, states, at, tokens, chunk=64):
+    """log p(tokens[n] | states[at[n]]) through the LM head, as floats: each state's logits are made once
+    (float32, the final logit softcap where the config has one), for chunk states at a time. One call
+    for a batch's every choice token: the head's weights (Gemma 3's 262K x 640, 671 MB in fp32) are
+    read once per chunk, not once per row, as were 40% of XNLI's scoring time on Gemma 3."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    at, tokens = torch.tensor(at, dtype=torch.long), torch.tensor(tokens, dtype=torch.long)
+    out = torch.empty(len(at), dtype=torch.float64)
+    for lo in range(0, states.shape[0], chunk):
+        logits = model.lm_head(states[lo:lo + chunk]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        norm = torch.logsumexp(logits, -1)
+        here = ((at >= lo) & (at < lo + chunk)).nonzero()[:, 0]
+        rows = at[here].to(logits.device) - lo
+        out[here] = (logits[rows, tokens[here].to(logits.device)] - norm[rows]).double().cpu()
+    return out.tolist()
 
 
 class _RowSampler(LogitsProcessor):

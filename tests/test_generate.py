@@ -118,6 +118,27 @@ def test_choices_after_shared_prefixes_score_as_a_forward_per_choice(method, bac
         assert shared == (0 if window == 4 or backend == "triton" else 5 if batch_size == 6 else 4), heads_seen
 
 
+def test_choice_scores_take_the_final_logit_softcap_and_any_chunk(monkeypatch):
+    """Scores go through the LM head as the model's forward does, with a final logit softcap (Gemma 2's
+    kind; Gemma 3's is None) and whether the states fill one chunk of the head or several."""
+    model = tiny_gemma(window=22)
+    model.config.final_logit_softcapping = 0.5  # small: the cap moves every score
+    contexts = _rows()
+    g = torch.Generator().manual_seed(8)
+    choices = [[torch.randint(3, 97, (n,), generator=g).tolist() for n in (1, 3, 5)] for _ in contexts]
+    with torch.no_grad():
+        want = [[_per_choice(model, c, o) for o in options] for c, options in zip(contexts, choices)]
+        real = evaluate.token_logprobs
+        for chunk in (64, 3):
+            monkeypatch.setattr(evaluate, "token_logprobs", lambda *a, chunk=chunk, **kw: real(*a, chunk=chunk))
+            got = evaluate.score_choices(model, contexts, choices, 0, batch_size=4, device="cpu")
+            for g_, w in zip(got, want):
+                assert g_ == pytest.approx(w, abs=2e-5, rel=1e-5), chunk
+        model.config.final_logit_softcapping = None
+        assert evaluate.score_choices(model, contexts, choices, 0, batch_size=4, device="cpu")[0] != \
+            pytest.approx(want[0], abs=1e-3)
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     return (AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval(),
