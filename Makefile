@@ -88,9 +88,10 @@ bench-cpu: setup
 bench-generate: setup
 	$(PY) benchmarks/bench_generate.py
 
-# XNLI/Belebele choice scoring with each premise or passage read once per batch, against every context whole
+# XNLI/Belebele choice scoring against a git revision's (AGAINST=<rev>; default: before the LM head was batched)
+AGAINST ?= 438ab87
 bench-choices: setup
-	$(PY) benchmarks/bench_choices.py
+	$(PY) benchmarks/bench_choices.py --against $(AGAINST)
 
 # the small-scale replica: 5 methods x XNLI, XQuAD, Belebele x SmolLM2-135M, Gemma 3 270M (results/replica/)
 replica: setup

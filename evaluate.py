@@ -45,50 +45,43 @@ from train import Curves, pad_batch
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, prompts, choices, *, batch_size, device, max_length=None, share=True):
+def choice_logprobs(model, tokenizer, prompts, choices, *, batch_size, device, max_length=None):
     """Sum of log-probabilities of each choice's tokens after its prompt: list of lists. A prompt
     is cut from the left once, to fit max_length with the example's longest choice, so every choice
     of an example is scored after the same text (score_choices reads the prompt once for them all)."""
     encoded = [[data.answer_ids(tokenizer, p, c) for c in cs] for p, cs in zip(prompts, choices)]
     contexts = [data.prompt_ids(tokenizer, p, max_length and max(max_length - max(map(len, cs), default=0), 1))
                 for p, cs in zip(prompts, encoded)]
-    return score_choices(model, contexts, encoded, tokenizer.pad_token_id, batch_size=batch_size, device=device,
-                         share=share)
+    return score_choices(model, contexts, encoded, tokenizer.pad_token_id, batch_size=batch_size, device=device)
 
 
-def score_choices(model, contexts, choices, pad_id, *, batch_size, device, share=True):
+def score_choices(model, contexts, choices, pad_id, *, batch_size, device):
     """Sum of log-probabilities of each choice's token ids after its context's ids: list of lists.
 
-    Each context is read once (batched longest first, group_order, left-padded) into a KV cache. Its
-    last position scores every choice's first token; a choice of more tokens then reads its other tokens after a
+    Each context is read once (batched longest first, left-padded) into a KV cache. Its last position
+    scores every choice's first token; a choice of more tokens then reads its other tokens after a
     copy of that cache, one choice index of every example in the batch at a time (at most a batch of
     rows per forward, as the context's). The same arithmetic as one forward pass per choice over
     context + choice (tests/test_gemma.py compares the two for every method and both attention
     backends), for about 1/C of the work with C choices: XNLI's labels are 2, 1 and 1 tokens in
-    Gemma 3's and SmolLM2's tokenizers, which took three passes. An empty choice scores 0.
+    Gemma 3's and SmolLM2's tokenizers, which took three passes. An empty choice scores 0. Every
+    scored position goes through the LM head in one call per batch (token_logprobs).
 
-    Contexts that begin alike (shared_prefixes: XNLI's three hypotheses of a premise, Belebele's
-    questions on a passage, about a third of their tokens) are batched together and their common
-    prefix read once per batch (`share`, read_prefixes), as generate() does: 32-36% fewer context
-    tokens read (tests/test_generate.py compares with a forward per choice)."""
+    Contexts are read whole: reading the prefix that contexts share once (XNLI's premise, Belebele's
+    passage; 25-38% of their tokens) gave the same scores at 0.93-1.10x the time on a 2-core CPU
+    (commit 3efbc84, benchmarks/RESULTS.md), so it stays in generation only."""
 
     # the cache's keyword: `cache` from transformers 5.24 on, `past_key_values` before (gone in 5.40);
     # read from the class, so a wrapped or patched forward does not hide it
     keyword = "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
-    groups, shared = shared_prefixes(contexts) if share and _reads_holes(model) else \
-        (list(range(len(contexts))), [0] * len(contexts))
 
     def score(batch):
-        rows = [contexts[i] for i in batch]
-        heads = fit_heads(model, rows, [shared[i] for i in batch])
-        more = any(heads) or max((len(c) for i in batch for c in choices[i]), default=0) > 1
+        ids, mask = pad_batch([contexts[i] for i in batch], pad_id, left=True)
+        ids, mask = ids.to(device), mask.to(device)
+        more = max((len(c) for i in batch for c in choices[i]), default=0) > 1
         context_cache = DynamicCache(config=model.config) if more else None
-        ids, mask, positions = read_prefixes(model, rows, heads, pad_id=pad_id, device=device, cache=context_cache,
-                                             keyword=keyword)
-        out = model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+        out = model.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                           use_cache=more, **({keyword: context_cache} if more else {}))
-        if any(heads):  # the choices read after a left-padded context, holes closed
-            mask = _close_holes(model, context_cache, mask)
         states = [out.last_hidden_state[:, -1]]  # what goes through the LM head, once, at the end
         wants = [(row, j, row, c[0]) for row, i in enumerate(batch) for j, c in enumerate(choices[i]) if c]
         for j in range(max(len(choices[i]) for i in batch) if more else 0):
@@ -115,7 +108,8 @@ def score_choices(model, contexts, choices, pad_id, *, batch_size, device, share
             scores[row][j] += logprob
         return scores
 
-    return map_batches(score, group_order(contexts, groups), batch_size)
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    return map_batches(score, order, batch_size)
 
 
 def token_logprobs(model, states, at, tokens, chunk=64):
@@ -179,15 +173,14 @@ def _common_length(a, b):
     return n
 
 
-def shared_prefixes(encoded, min_fraction=0.3):
+def shared_prefixes(encoded, min_fraction=0.5):
     """Prompts (token id lists) that begin alike, e.g. XQuAD's questions on one passage: per prompt its
-    group and how many leading tokens the group shares, read once for the group by generate() and
-    score_choices().
+    group and how many leading tokens the group shares, read once for the group by generate().
 
     Sorted by their ids, prompts fall into runs whose common prefix is at least min_fraction of each
-    member's tokens (XQuAD's passage is 70% of a prompt, XNLI's premise 30-50% in Gemma 3's tokens,
-    Belebele's passage most; an instruction shared by every prompt of a task, a small part of each,
-    makes no group, and a run stops where a row would shrink its common prefix below that). A run's
+    member's tokens (XQuAD's passage is 70% of a prompt; an instruction shared by every prompt of a
+    task, a small part of each, makes no group, and a run stops where a row would shrink its common
+    prefix below that). A run's
     shared prefix stops one token short of its shortest member, so every row reads at least its last
     token itself, whose logits start the answer.
     A prompt in no run is a group of its own, sharing 0. Returns (groups, shared), lists of ints."""
@@ -297,7 +290,7 @@ def read_prefixes(model, rows, heads, *, pad_id, device, cache, keyword):
     where tails differ in length; positions count real tokens only; own_heads: a row sharing none reads
     all but its last token as its own prefix). All heads 0: ids are the rows whole, left-padded, and
     nothing is read. After the tails are read, _close_holes makes the cache an ordinary left-padded
-    batch's. The same arithmetic as reading every row whole (tests/test_generate.py, test_gemma.py)."""
+    batch's. The same arithmetic as reading every row whole (tests/test_generate.py)."""
     heads = own_heads(rows, heads)
     if any(heads):
         prefixes = list(dict.fromkeys(tuple(row[:h]) for h, row in zip(heads, rows)))
