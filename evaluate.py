@@ -55,6 +55,12 @@ def choice_logprobs(model, tokenizer, prompts, choices, *, batch_size, device, m
     return score_choices(model, contexts, encoded, tokenizer.pad_token_id, batch_size=batch_size, device=device)
 
 
+def cache_keyword(model):
+    """The KV cache's keyword argument: `cache` from transformers 5.24 on, `past_key_values` before
+    (gone in 5.40); read from the class, so a wrapped or patched forward does not hide it."""
+    return "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
+
+
 def score_choices(model, contexts, choices, pad_id, *, batch_size, device):
     """Sum of log-probabilities of each choice's token ids after its context's ids: list of lists.
 
@@ -71,9 +77,7 @@ def score_choices(model, contexts, choices, pad_id, *, batch_size, device):
     passage; 25-38% of their tokens) gave the same scores at 0.93-1.10x the time on a 2-core CPU
     (commit 3efbc84, benchmarks/RESULTS.md), so it stays in generation only."""
 
-    # the cache's keyword: `cache` from transformers 5.24 on, `past_key_values` before (gone in 5.40);
-    # read from the class, so a wrapped or patched forward does not hide it
-    keyword = "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
+    keyword = cache_keyword(model)
 
     def score(batch):
         ids, mask = pad_batch([contexts[i] for i in batch], pad_id, left=True)
@@ -317,7 +321,7 @@ def decode_rows(model, rows, heads, *, pad_id, device, max_new_tokens, stop_at, 
     stop_at(row, tokens) -> whether the row's answer is over after `tokens`; pick(logits, rows) -> the
     next token of each of the given rows (logits float32, (len(rows), V)). A row leaves the batch when
     it stops, so the rows still decoding cost each step what they alone cost."""
-    keyword = "cache" if "cache" in inspect.signature(type(model.model).forward).parameters else "past_key_values"
+    keyword = cache_keyword(model)
     cache = DynamicCache(config=model.config)
     ids, mask, positions = read_prefixes(model, rows, heads, pad_id=pad_id, device=device, cache=cache, keyword=keyword)
     alive = list(range(len(rows)))
