@@ -8,8 +8,8 @@ run while it trains would read a half-written adapter.
 The lock is `fcntl.flock` on the file, kept open for the holder's life: the kernel frees it when
 the process ends, however it ends (SIGKILL included), so a killed run never blocks its --resume.
 The file holds the holder's record (JSON: pid, host, start time, command, and a heartbeat time
-rewritten every HEARTBEAT_S seconds); a clean release empties it. The record names the holder in
-the message, and covers shared file systems where flock alone falls short:
+rewritten in place, in one write, every HEARTBEAT_S seconds); a clean release empties it. The record
+names the holder in the message, and covers shared file systems where flock alone falls short:
 - flock granted, but the record is another host's with a fresh heartbeat: the file system does not
   share flock between nodes (Lustre `localflock`, BeeGFS without `tuneUseGlobalFileLocks`, NFS
   mounted `nolock` or `local_lock=flock|all`), so the record decides: refused.
@@ -62,9 +62,12 @@ class RunLock:
         self._thread.start()
 
     def _write(self):
+        # One pwrite that covers the whole file: a shorter record is padded with spaces (JSON allows
+        # trailing whitespace) rather than cut with ftruncate afterwards, which left a reader between the
+        # two calls a record with the old one's tail ("...}}"), and an empty file if done the other way.
         data = json.dumps(self.record).encode()
+        data = data.ljust(os.fstat(self._fd).st_size, b" ")
         os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
         os.fsync(self._fd)  # other nodes read the file server's copy, not this node's page cache
 
     def _beat(self, every):

@@ -75,6 +75,32 @@ def test_heartbeat_is_rewritten_while_held(tmp_path):
         assert record(tmp_path)["started"] == lock.record["started"]
 
 
+def test_every_write_leaves_a_whole_record_when_the_heartbeat_shrinks(tmp_path, monkeypatch):
+    # CI once read '{..., "heartbeat": 1796497104.695616}}': a shorter record written over a longer one,
+    # read before the ftruncate that followed. Check the file after every write call, with heartbeat
+    # times whose JSON alternates long and short, so the old order fails here every time.
+    times = iter([1796497104.695616, 1796497104.5] * 3)
+    monkeypatch.setattr(runlock.time, "time", lambda: next(times, 1796497104.5))
+    seen = []
+
+    def checked(call):
+        def wrapped(fd, *args):
+            out = call(fd, *args)
+            seen.append(json.loads(os.pread(fd, 4096, 0) or b"{}"))  # raises on a torn record
+            return out
+        return wrapped
+
+    monkeypatch.setattr(runlock.os, "pwrite", checked(os.pwrite))
+    monkeypatch.setattr(runlock.os, "ftruncate", checked(os.ftruncate))
+    lock = runlock.RunLock(tmp_path / ".lock", os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT), heartbeat_s=3600)
+    for _ in range(4):
+        lock.record["heartbeat"] = runlock.time.time()
+        lock._write()
+    lock.release()
+    assert [r.get("heartbeat") for r in seen[1:5]] == [1796497104.5, 1796497104.695616, 1796497104.5, 1796497104.695616]
+    assert seen[-1] == {} and record(tmp_path) == {}
+
+
 def leave_record(run_dir, host, age, pid=12345):
     (run_dir / ".lock").write_text(json.dumps(dict(pid=pid, host=host, started="2025-01-01T00:00:00+00:00",
                                                    command="train.py --run x", heartbeat=time.time() - age)))
