@@ -184,10 +184,9 @@ def shared_prefixes(encoded, min_fraction=0.5):
     Sorted by their ids, prompts fall into runs whose common prefix is at least min_fraction of each
     member's tokens (XQuAD's passage is 70% of a prompt; an instruction shared by every prompt of a
     task, a small part of each, makes no group, and a run stops where a row would shrink its common
-    prefix below that). A run's
-    shared prefix stops one token short of its shortest member, so every row reads at least its last
-    token itself, whose logits start the answer.
-    A prompt in no run is a group of its own, sharing 0. Returns (groups, shared), lists of ints."""
+    prefix below that). A run's shared prefix stops one token short of its shortest member, so every
+    row reads at least its last token itself, whose logits start the answer. A prompt in no run is a
+    group of its own, sharing 0. Returns (groups, shared), lists of ints."""
     order = sorted(range(len(encoded)), key=lambda i: encoded[i])
     groups, shared = [0] * len(encoded), [0] * len(encoded)
     runs, run, common = [], [], 0
