@@ -50,6 +50,13 @@ LEGEND = ("Cells: our number, then <sub>(the paper's number, ours - paper)</sub>
           "carry ±1 s.e. over examples where the run's per-example scores (eval/<row>/<lang>.json) exist.")
 
 
+def save_figure(fig, path):
+    """Save a PNG through a temporary file and a rename, as every result is written, then free the figure."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    tmp.replace(path)
+    plt.close(fig)
+
 def load_paper(path=PAPER_FILE) -> dict:
     """paper_results.json's tables by id."""
     return {t["id"]: t for t in json.loads(Path(path).read_text())["tables"]}
@@ -317,8 +324,7 @@ def plot_per_language(table, languages, rows, out_dir, errors=None):
     """A bar chart (bars_figure) and a method x language heatmap."""
     fig = bars_figure(table, languages, rows, errors)
     bars_path = Path(out_dir) / f"{table['id']}_bars.png"
-    fig.savefig(bars_path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, bars_path)
     names, has_paper = list(rows), any(paper for _, paper in rows.values())
 
     if not any(ours for ours, _ in rows.values()):
@@ -344,8 +350,7 @@ def plot_per_language(table, languages, rows, out_dir, errors=None):
     fig.colorbar(image, ax=ax, label=table["metric"])
     fig.tight_layout()
     heatmap_path = Path(out_dir) / f"{table['id']}_heatmap.png"
-    fig.savefig(heatmap_path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, heatmap_path)
     return [bars_path, heatmap_path]
 
 
@@ -404,8 +409,7 @@ def summary_figure(table, cells):
 def plot_summary(table, cells, out_dir):
     fig = summary_figure(table, cells)
     path = Path(out_dir) / f"{table['id']}_bars.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return [path]
 
 
@@ -660,8 +664,7 @@ def write_compare(result, out_path):
     fig = compare_figure(result)
     png = out_path.with_name(out_path.stem + "_diff_bars.png")
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
     C.write_json_atomic(out_path.with_suffix(".json"), result)
     C.write_text_atomic(out_path, f"# {result['task']}: {' vs '.join(e['label'] for e in result['entries'])}\n\n"
                         f"Written by `{result['command']}`.\n\n{render_compare(result)}\n\n![{png.stem}]({png.name})\n")
@@ -702,7 +705,7 @@ def build_report(tables, runs, out_path, title, command):
     if runs.no_examples:
         head += ["Rows drawn without error bars (no per-example scores):", ""]
         head += [f"- {reason}" for reason in dict.fromkeys(runs.no_examples)] + [""]
-    out_path.write_text("\n".join(head + sections))
+    C.write_text_atomic(out_path, "\n".join(head + sections))
     return out_path
 
 

@@ -121,7 +121,9 @@ def test_report_for_a_paper_table(tmp_path):
     for png in ("table1_bars.png", "table1_heatmap.png", "table7_bars.png"):
         path = out.parent / png
         assert path.is_file() and path.stat().st_size > 1000, png
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png  # written as PNG, whatever the temporary name
         assert f"]({png})" in text
+    assert not list(out.parent.glob("*.tmp")), "a temporary file left beside the report"
 
 
 def test_report_for_named_runs_finds_the_paper_numbers(tmp_path):
