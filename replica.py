@@ -54,7 +54,10 @@ a difference, per example the mean over each side's seeds, as report.compare com
   the CI is below 0, does not hold if above 0, cannot tell if it spans 0.
 Every verdict needs the runs it compares; a missing one makes it "cannot tell", saying which. Each
 comparison is made on the headline's languages (those every finished method of the model and task
-scored); where English is not among them, every language counts as non-English. Each "CI" above is
+scored); where English is not among them, every language counts as non-English. Where runs scored
+samples of different sizes (one grown to a larger eval_samples, the rest not yet), each comparison
+is made on the examples all of its runs scored (report.compare's common=True), and the headline and
+the finding say how many. Each "CI" above is
 taken twice: the paired bootstrap interval over examples, and the interval over examples and training
 seeds (stats.with_seeds: the examples' s.e. and each trained side's seed sd/√n in quadrature, a
 Student t interval), and a verdict holds (or does not) only where both agree; elsewhere it is "cannot
@@ -328,7 +331,7 @@ def headline(runs_dir, models=MODELS, tasks=TASKS, seeds=SEEDS, n_resamples=2000
             flat = [s for method in specs for s in specs[method]]
             method_of = {s: m for m, group in specs.items() for s in group}
             try:
-                result = report.compare(runs_dir, flat, n_resamples=n_resamples, level=level)
+                result = report.compare(runs_dir, flat, n_resamples=n_resamples, level=level, common=True)
             except ValueError as e:
                 table.setdefault(model, {})[task] = dict(methods={}, notes=notes + [f"not compared: {e}"])
                 continue
@@ -353,6 +356,8 @@ def headline(runs_dir, models=MODELS, tasks=TASKS, seeds=SEEDS, n_resamples=2000
                            se_over_target=bool(diff and diff["se"] is not None and diff["se"] > TARGET_SE[task]))
                 methods[method] = row
             comparisons[model, task] = result
+            if result["narrowed"]:  # a run grown past the others (or short of them): compared on the shared ones
+                notes.append(report.narrowed_text(result))
             table.setdefault(model, {})[task] = dict(
                 metric=result["metric"], languages=result["languages"], n_examples=result["n_examples"],
                 target_se=TARGET_SE[task], level=level, methods=methods,
@@ -398,6 +403,15 @@ def _seeds_note(rows, methods):
     return "; seeds " + ", ".join(f"{report.METHOD_NAMES[m]} {rows[m]['n_seeds']}" for m in methods)
 
 
+def _common_note(*results):
+    """"; on the 400 examples per language that every run compared scored" where report.compare narrowed
+    runs scored on different samples to the examples they share; "" where all scored the same."""
+    narrowed = [r for r in results if r["narrowed"]]
+    counts = sorted({n for r in narrowed for n in r["n_examples"].values()})
+    return (f"; on the {'/'.join(map(str, counts))} examples per language that every run compared scored"
+            if narrowed else "")
+
+
 def _seeds_numbers(name, diff):
     """"; LLaMA-Adapter − LoRA over examples and seeds ± 2.8 [-1.4, +12.4]"; "" where seeds are not counted."""
     seeds = stats.fmt_seeds(diff)
@@ -435,7 +449,7 @@ def prefix_over_lora(runs_dir, cell, task, n_resamples=2000):
         return _missing(rows, ("lora",) + PREFIX_METHODS)
     # on the headline's languages: the non-English average the better method is chosen by
     result = report.compare(runs_dir, rows["lora"]["runs"] + [s for m in have for s in rows[m]["runs"]],
-                            n_resamples=n_resamples, level=cell["level"], languages=cell["languages"])
+                            n_resamples=n_resamples, level=cell["level"], languages=cell["languages"], common=True)
     key = non_english_key(result, task)
     if key is None:
         return _no_non_english(cell)
@@ -445,7 +459,8 @@ def prefix_over_lora(runs_dir, cell, task, n_resamples=2000):
                      + _seeds_numbers(f"{report.METHOD_NAMES[m]} − LoRA", d) for m, d in diffs.items())
     outcome, basis = judged(diffs[best], rows, ("lora", best))
     mark = dict(verdict=outcome, basis=basis, best=best, differences=diffs,
-                numbers=f"{text} (better: {report.METHOD_NAMES[best]}){_seeds_note(rows, ('lora', *have))}")
+                numbers=f"{text} (better: {report.METHOD_NAMES[best]}){_seeds_note(rows, ('lora', *have))}"
+                        f"{_common_note(result)}")
     return _too_small(mark, [diffs[best]], cell["target_se"])
 
 
@@ -463,7 +478,8 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
     # model, then the soft prompt against the better prefix method; every side pooled over its seeds
     level = cell["level"]
     specs = rows["base"]["runs"] + [s for m in ("soft_prompt", *have) for s in rows[m]["runs"]]
-    result = report.compare(runs_dir, specs, n_resamples=n_resamples, level=level, languages=cell["languages"])
+    result = report.compare(runs_dir, specs, n_resamples=n_resamples, level=level, languages=cell["languages"],
+                            common=True)
     key = next((k for k in ("resource:low", "avg") if sorted(result["members"].get(k, [])) == sorted(low)), None)
     if key is None:
         return dict(verdict=CANNOT_TELL,
@@ -471,9 +487,9 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
     gain, *prefixes = [e["difference"][key] for e in result["entries"][1:]]
     others = dict(zip(have, prefixes))
     best = max(have, key=lambda m: others[m]["mean"])
-    result = report.compare(runs_dir, rows[best]["runs"] + rows["soft_prompt"]["runs"], n_resamples=n_resamples,
-                            level=level, languages=cell["languages"])
-    against = result["entries"][1]["difference"][key]
+    paired = report.compare(runs_dir, rows[best]["runs"] + rows["soft_prompt"]["runs"], n_resamples=n_resamples,
+                            level=level, languages=cell["languages"], common=True)
+    against = paired["entries"][1]["difference"][key]
     first, _ = judged(gain, rows, ("base", "soft_prompt"))
     second, basis = judged(against, rows, ("soft_prompt", best))  # its basis covers both trained methods
     if DOES_NOT_HOLD in (first, second):
@@ -485,7 +501,7 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
                         f"{_seeds_numbers('soft prompt − base', gain)}, "
                         f"soft prompt − {report.METHOD_NAMES[best]} {stats.fmt_pm(against, signed=True, ci=True)}"
                         f"{_seeds_numbers(f'soft prompt − {report.METHOD_NAMES[best]}', against)}"
-                        f"{_seeds_note(rows, ('soft_prompt', best))}")
+                        f"{_seeds_note(rows, ('soft_prompt', best))}{_common_note(result, paired)}")
     return _too_small(mark, [gain, against], cell["target_se"])
 
 

@@ -19,9 +19,12 @@ when a run has all of them. Bars carry +-1 s.e. over examples where eval/<row>/<
 --compare tests differences on the same examples: every run (RUN, or RUN:ROW for another row of its
 results) against the first, per language and per average, with the paired standard error and a
 paired bootstrap confidence interval. Runs whose saved configs differ only in seed are pooled into
-one entry: per example the mean over seeds, with the spread across seeds beside it.
+one entry: per example the mean over seeds, with the spread across seeds beside it. Runs scored on
+different samples are refused, unless --common-examples narrows every run to the examples all of them
+scored (per language; e.g. a run whose sample is growing against runs at the smaller size), and says so.
 """
 import argparse
+import functools
 import json
 import math
 import sys
@@ -504,10 +507,29 @@ def check_same_examples(a, b, languages):
             raise ValueError(
                 f"{a['name']}:{a['row']} and {b['name']}:{b['row']} were not scored on the same examples in {lang}: "
                 f"{len(ids_a)} and {len(ids_b)} examples, {common} in common; paired statistics need the same "
-                f"examples (eval_samples below a benchmark's size draws them by seed)")
+                f"examples (eval_samples below a benchmark's size draws them by seed; --common-examples compares "
+                f"on those in common)")
 
 
-def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=None):
+def narrow_to_common(entries, languages):
+    """Keep, in every entry and language, only the example ids that every entry scored. Returns
+    {entry name:row: {lang: examples it scored}} for the entries that held more than the common ones.
+    Raises ValueError where a language has no example in common."""
+    held = {}
+    for lang in languages:
+        common = functools.reduce(np.intersect1d, [e["examples"][lang][0] for e in entries])
+        if not len(common):
+            raise ValueError(f"{', '.join(e['name'] for e in entries)} have no example in common in {lang}")
+        for e in entries:
+            ids, values = e["examples"][lang]
+            if len(ids) > len(common):
+                held.setdefault(f"{e['name']}:{e['row']}", {})[lang] = len(ids)
+                keep = np.isin(ids, common)
+                e["examples"][lang] = (ids[keep], values[keep])
+    return held
+
+
+def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=None, common=False):
     """Every entry of `specs` against the first, on the examples both scored: per language and per
     average, each entry's score (mean over seeds of the per-example score) with its s.e. over
     examples and its spread across seeds, and the difference to the first with the paired s.e. and a
@@ -515,7 +537,9 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
     together). Each difference also counts training seeds (stats.with_seeds: seed_se, total_se, df,
     total_ci), where every trained side of it has at least two; a base row has no training seed.
     A single spec "RUN" compares the run's trained row against its base row. `languages`: compare on
-    these (each must be scored by every run), not on every language the runs share.
+    these (each must be scored by every run), not on every language the runs share. `common`: where
+    runs scored different samples, compare on the examples all of them scored (narrow_to_common;
+    the result's `narrowed` names what each run held) instead of refusing.
 
     Returns the report as a JSON-ready dict (see render_compare)."""
     if n_resamples < 1 or not 0 < level < 1:
@@ -543,6 +567,7 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
         languages = shared
     if not languages:
         raise ValueError(f"{', '.join(specs)} share no language")
+    narrowed = narrow_to_common(entries, languages) if common else {}
     for entry in entries[1:]:
         check_same_examples(entries[0], entry, languages)
     (task, metric), = kinds
@@ -575,7 +600,7 @@ def compare(runs_dir, specs, n_resamples=2000, seed=0, level=0.95, languages=Non
         out_entries.append(entry)
     return dict(task=task, metric=metric, languages=languages,
                 left_out=[l for l in all_languages if l not in languages],
-                n_examples={l: len(reference[l][0]) for l in languages},
+                n_examples={l: len(reference[l][0]) for l in languages}, narrowed=narrowed,
                 labels={k: label for k, (label, _) in keyed.items()}, members=keys,
                 resampling=("questions, shared by all languages" if stats.is_parallel(reference) else
                             "examples: within an average whose languages hold the same ids, shared by them; otherwise "
@@ -626,7 +651,19 @@ def render_compare(result):
                      f"{100 * result['level']:.0f}% Student t interval (Welch-Satterthwaite degrees of freedom).")
     if result["left_out"]:
         notes.append(f"Left out (not scored by every run): {', '.join(result['left_out'])}.")
+    if result.get("narrowed"):
+        notes.append(narrowed_text(result))
     return markdown_table(header, lines) + "\n\n" + "\n".join(notes)
+
+
+def narrowed_text(result):
+    """The sentence saying which runs scored more examples than the comparison used."""
+    def counts(values):
+        return "/".join(map(str, sorted(set(values))))
+    held = "; ".join(f"`{spec}` {counts(n.values())} per language in {len(n)} language{'s' * (len(n) > 1)}"
+                     for spec, n in result["narrowed"].items())
+    return (f"Compared on the {counts(result['n_examples'].values())} examples per language that every run "
+            f"scored; runs that scored more (the rest not used here): {held}.")
 
 
 def compare_figure(result):
@@ -717,6 +754,8 @@ def main(argv=None):
     pick.add_argument("--all", action="store_true", help="every table of paper_results.json")
     pick.add_argument("--compare", nargs="+", metavar="RUN[:ROW]",
                       help="runs (or RUN:ROW, e.g. lora_xnli_llama8b:base) against the first, on the same examples")
+    parser.add_argument("--common-examples", action="store_true",
+                        help="--compare runs scored on different samples on the examples all of them scored")
     statistics = parser.add_argument_group("--compare statistics")
     statistics.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     statistics.add_argument("--bootstrap-seed", type=int, default=0, help="the bootstrap's generator seed")
@@ -729,7 +768,8 @@ def main(argv=None):
     command = "python report.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.compare:
         try:
-            result = compare(args.runs_dir, args.compare, args.resamples, args.bootstrap_seed, args.level)
+            result = compare(args.runs_dir, args.compare, args.resamples, args.bootstrap_seed, args.level,
+                             common=args.common_examples)
         except ValueError as e:
             sys.exit(f"error: {e}")
         result["command"] = command

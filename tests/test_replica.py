@@ -299,6 +299,33 @@ def test_headline_leaves_out_runs_whose_examples_do_not_load(tmp_path):
     assert any("seed1/lora_xnli_smollm2" in note and "missing" in note for note in cell["notes"])
 
 
+def test_a_run_grown_past_the_others_is_compared_on_the_examples_all_scored(tmp_path):
+    # the base model grown to 90 questions while the trained runs hold the first 60: the headline and the
+    # findings are those of a base run of those 60, and both say what was used
+    patterns = dict(lora={"*": lambda i: i % 6 == 0, "en": lambda i: True}, adapter={"*": lambda i: i % 3 != 2},
+                    soft_prompt={"*": third})
+    grown, alone = tmp_path / "grown", tmp_path / "alone"
+    for runs_dir, n in ((grown, 90), (alone, 60)):
+        scenario(runs_dir, patterns)
+        fake_run(runs_dir, "base_xnli_smollm2", "base", "xnli", {l: pattern(third, n) for l in ("en", "de", "sw")})
+    marks, want = judge(grown), judge(alone)
+    table, _ = replica.headline(grown, ["smollm2"], ["xnli"], n_resamples=N_RESAMPLES)
+    expected, _ = replica.headline(alone, ["smollm2"], ["xnli"], n_resamples=N_RESAMPLES)
+    cell = table["smollm2"]["xnli"]
+    assert cell["n_examples"] == {"en": 60, "de": 60, "sw": 60}
+    assert cell["methods"] == expected["smollm2"]["xnli"]["methods"]
+    assert ("Compared on the 60 examples per language that every run scored; runs that scored more (the rest not "
+            "used here): `base_xnli_smollm2:base` 90 per language in 3 languages.") in cell["notes"]
+    assert not expected["smollm2"]["xnli"]["notes"]
+    for key, mark in marks.items():
+        assert mark["verdict"] == want[key]["verdict"], key
+    common = "; on the 60 examples per language that every run compared scored"
+    assert marks["soft_prompt_low_resource"]["numbers"] == want["soft_prompt_low_resource"]["numbers"] + common
+    # prefix over LoRA leaves the base model out: its runs all scored the same 60, nothing narrowed
+    assert marks["prefix_over_lora"]["numbers"] == want["prefix_over_lora"]["numbers"]
+    assert common not in marks["prefix_over_lora"]["numbers"]
+
+
 # --- the findings' rules -----------------------------------------------------------------------------
 
 def scenario(runs_dir, patterns, task="xnli", languages=("en", "de", "sw")):

@@ -327,6 +327,45 @@ def test_compare_refuses_runs_scored_on_other_examples(tmp_path):
                      "--out", str(tmp_path / "c.md")])
 
 
+def test_common_examples_compares_on_the_ids_every_run_scored_and_names_what_was_left(tmp_path, capsys):
+    # a base model grown to 50 examples against an adapter scored on 30 of them and 2 the base lacks
+    base, adapter = correlated_runs(60, ["en", "de"], seed=3)
+    ids = list(base["en"])
+    rng = np.random.default_rng(0)
+    kept = sorted(rng.choice(ids[:50], 30, replace=False))
+    base50 = {lang: {i: base[lang][i] for i in ids[:50]} for lang in base}
+    adapter32 = {lang: {i: adapter[lang][i] for i in kept + ids[50:52]} for lang in adapter}
+    write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base50}, eval_languages=["en", "de"])
+    write_scored_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"lora": adapter32}, eval_languages=["en", "de"])
+    specs = ["base_xnli_smollm2", "lora_xnli_smollm2"]
+    with pytest.raises(ValueError, match="--common-examples compares on those in common"):
+        report.compare(tmp_path, specs)
+    got = report.compare(tmp_path, specs, common=True)
+    assert got["n_examples"] == {"en": 30, "de": 30}
+    assert got["narrowed"] == {"base_xnli_smollm2:base": {"en": 50, "de": 50}, "lora_xnli_smollm2:lora": {"en": 32, "de": 32}}
+    # the same numbers as runs that scored only the 30 in common
+    alone = tmp_path / "alone"
+    write_scored_run(alone, "base_xnli_smollm2", "base", "xnli", {"base": {l: {i: base[l][i] for i in kept} for l in base}},
+                     eval_languages=["en", "de"])
+    write_scored_run(alone, "lora_xnli_smollm2", "lora", "xnli", {"lora": {l: {i: adapter[l][i] for i in kept} for l in adapter}},
+                     eval_languages=["en", "de"])
+    want = report.compare(alone, specs)
+    for g, w in zip(got["entries"], want["entries"]):
+        assert g["scores"] == w["scores"] and g.get("difference") == w.get("difference")
+    assert got["entries"][1]["difference"]["avg"]["mean"] != pytest.approx(
+        np.mean([np.mean(list(adapter32[l].values())) - np.mean(list(base50[l].values())) for l in base50]))
+    report.main(["--compare", *specs, "--common-examples", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "c.md")])
+    note = ("Compared on the 30 examples per language that every run scored; runs that scored more (the rest not used "
+            "here): `base_xnli_smollm2:base` 50 per language in 2 languages; `lora_xnli_smollm2:lora` 32 per language "
+            "in 2 languages.")
+    assert note in capsys.readouterr().out and note in (tmp_path / "c.md").read_text()
+    # nothing in common in a language: refused, naming it
+    write_scored_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli",
+                     {"lora": {"en": adapter32["en"], "de": {i: adapter["de"][i] for i in ids[50:52]}}}, eval_languages=["en", "de"])
+    with pytest.raises(ValueError, match="no example in common in de"):
+        report.compare(tmp_path, specs, common=True)
+
+
 def test_compare_refuses_an_eval_file_that_results_json_does_not_match(tmp_path):
     base, _ = correlated_runs(20, ["en"], seed=0)
     write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, eval_languages=["en"])
