@@ -77,6 +77,10 @@ class RunConfig:
     # which examples evaluation draws, and its sampling generator: apart from `seed`, so that runs of
     # several training seeds are scored on the same examples and pair (report.py --compare)
     eval_seed: int = eval_setting(0, before_field="seed")
+    # how eval_samples draws: "rows" one at a time; "groups" whole premises (XNLI), paragraphs (XQuAD),
+    # passages (Belebele), up to eval_samples rows. XNLI's premises hold one hypothesis per label, so
+    # whole ones keep a label-biased model's score from moving with the draw (data.sample)
+    eval_draw: str = eval_setting("rows")
     save_every: int = 200               # checkpoint every N optimizer steps
     skip_nonfinite: bool = False        # skip (and log) a step with non-finite loss or gradients; else stop
     gradient_checkpointing: bool = False  # recompute layer activations in the backward: less memory, ~1 more forward
@@ -110,6 +114,7 @@ CHOICES = {
     "prompt_style": ("paper", "harness"),
     "choice_scoring": ("loglik", "generate"),
     "eval_fit": ("whole", "subset", "cut"),
+    "eval_draw": ("rows", "groups"),
     "parallel": ("ddp", "fsdp"),
     "report_to": ("tensorboard", "wandb"),  # each item of the list
 }

@@ -462,7 +462,7 @@ def fitting_ids(task, cfg, tokenizer, languages, length):
     if is_rank0():
         scored = min(len(keep), cfg.eval_samples or len(keep))
         tqdm.write(f"eval_fit subset: {len(keep)} of {n_candidates} {task.name} examples fit {length} tokens in all "
-                   f"{len(languages)} languages; {scored} scored in each"
+                   f"{len(languages)} languages; {'up to ' if cfg.eval_draw == 'groups' else ''}{scored} scored in each"
                    + (f" (warning: fewer than eval_samples {cfg.eval_samples})" if scored < (cfg.eval_samples or 0) else ""))
     return keep
 
@@ -478,11 +478,13 @@ def evaluate_language(model, tokenizer, task, cfg, lang, device, keep_ids=None, 
     torch.manual_seed(cfg.eval_seed)  # sampled generation is repeatable per language, resumed or not
     with data.schema_errors(task, cfg.data_dir):
         examples = task.eval_examples(lang, cfg.data_dir, subset=cfg.eval_subset, split=cfg.eval_split,
-                                      n=cfg.eval_samples if keep_ids is None else None, seed=cfg.eval_seed)
+                                      n=cfg.eval_samples if keep_ids is None else None, seed=cfg.eval_seed,
+                                      draw=cfg.eval_draw)
         n_candidates = None
         if keep_ids is not None:
             n_candidates = len(examples)
-            examples = data.sample([ex for ex in examples if ex["id"] in keep_ids], cfg.eval_samples, cfg.eval_seed)
+            examples = data.sample([ex for ex in examples if ex["id"] in keep_ids], cfg.eval_samples, cfg.eval_seed,
+                                   cfg.eval_draw)
         scored = scored_texts(task, cfg, examples)
     prompts = [context for context, _ in scored]
     length = eval_length(cfg, model)

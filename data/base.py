@@ -9,12 +9,34 @@ import unicodedata
 from pathlib import Path
 
 
-def sample(rows, n=None, seed=0):
-    """n rows drawn with random.Random(seed), kept in their original order; all rows if n is None."""
+def sample(rows, n=None, seed=0, draw="rows"):
+    """n rows drawn with random.Random(seed), kept in their original order; all rows if n is None.
+
+    draw "groups": whole groups instead (a row's `group`: XNLI's premise, XQuAD's paragraph, Belebele's
+    passage; a row without one is a group of its own), in an order shuffled by the seed, as many as
+    fit in n rows, so the sample may hold a few rows fewer than n. XNLI's premises each hold one
+    hypothesis per label: whole, they keep the sample's labels balanced, so a model's label bias does
+    not move its score with the draw. The order depends on the group names alone, so parallel
+    languages draw the same groups, and a larger n holds every row of a smaller one."""
+    if draw not in ("rows", "groups"):
+        raise ValueError(f"draw={draw!r} is not one of rows, groups")
     if n is None or n >= len(rows):
         return list(rows)
-    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in keep]
+    if draw == "rows":
+        keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+        return [rows[i] for i in keep]
+    members = {}
+    for i, row in enumerate(rows):
+        members.setdefault(str(row.get("group") or f"row-{i}"), []).append(i)
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    keep, total = [], 0
+    for name in order:
+        if total + len(members[name]) > n:
+            break
+        keep += members[name]
+        total += len(members[name])
+    return [rows[i] for i in sorted(keep)]
 
 
 def _local(data_dir, relative, layout):
@@ -104,7 +126,7 @@ class Task:
             r["lang"] = self.train_lang
         return sample(rows, self._train_n(source) if n is None else n, seed)
 
-    def eval_examples(self, lang, data_dir=None, subset=None, n=None, seed=0, split=None):
+    def eval_examples(self, lang, data_dir=None, subset=None, n=None, seed=0, split=None, draw="rows"):
         """Evaluation rows in one language.
 
         Args:
@@ -115,10 +137,11 @@ class Task:
             n: number of rows to sample (fixed seed, order kept); None: all.
             seed: sampling seed.
             split: one of eval_splits; None: eval_split.
+            draw: "rows" or "groups" (whole premises, paragraphs, passages): see sample.
         """
         self.check_language(lang)
         self._check(subset=subset, split=split)
-        return sample(self._eval_rows(lang, data_dir, subset, split), n, seed)
+        return sample(self._eval_rows(lang, data_dir, subset, split), n, seed, draw)
 
     def _train_rows(self, data_dir, source):
         raise NotImplementedError

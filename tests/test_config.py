@@ -34,14 +34,15 @@ def test_defaults_anchors_and_relative_paths(tmp_path):
 def test_all_problems_in_one_error(tmp_path):
     path = write(tmp_path, """
 runs:
-  - {name: x, model: m, method: prefx, task: xnli, lr: fast, n_prefix_tokens: 0, colour: red}
+  - {name: x, model: m, method: prefx, task: xnli, lr: fast, n_prefix_tokens: 0, colour: red, eval_draw: premises}
   - {name: y, method: lora, task: xnli}
 """)
     with pytest.raises(ValueError) as info:
         C.load_runs(path)
     text = str(info.value)
-    assert "5 problem(s)" in text
+    assert "6 problem(s)" in text
     for part in ["unknown key 'colour'", "method='prefx' is not one of", "lr='fast' should be float",
+                 "eval_draw='premises' is not one of rows, groups",
                  "n_prefix_tokens=0 must be positive", "run 'y': missing required key 'model'"]:
         assert part in text, part
 
@@ -114,5 +115,5 @@ def test_adapter_config_and_eval_settings_come_from_the_fields(tmp_path):
                                                lora_alpha=8.0)
     assert set(C.EVAL_SETTINGS) == {"model", "task", "data_dir", "eval_subset", "eval_split", "eval_samples",
                                     "prompt_style", "max_length", "eval_fit", "choice_scoring", "max_new_tokens",
-                                    "do_sample", "temperature", "top_p", "dtype", "eval_seed"}
+                                    "do_sample", "temperature", "top_p", "dtype", "eval_seed", "eval_draw"}
     assert C.FIELDS["eval_fit"].metadata["before"] == "cut, unrecorded"

@@ -123,6 +123,32 @@ def test_xnli_sampling_is_deterministic_and_ordered(shared):
     assert ids == [ex["id"] for ex in task.eval_examples("th", shared, n=100, seed=3, split="validation")]
 
 
+def test_a_draw_of_whole_premises_keeps_each_whole_balanced_parallel_and_nested(shared):
+    task = data.load_task("xnli")
+    every = task.eval_examples("de", shared, subset="heldout")
+    drawn = task.eval_examples("de", shared, subset="heldout", n=400, seed=0, draw="groups")
+    assert len(drawn) == 399  # 133 premises of 3: whole groups up to 400 rows
+    labels = {}
+    for ex in drawn:
+        labels.setdefault(ex["group"], []).append(ex["label"])
+    assert len(labels) == 133 and all(sorted(v) == [0, 1, 2] for v in labels.values())
+    assert [ex["id"] for ex in drawn] == sorted(ex["id"] for ex in drawn)  # kept in their order
+    ids = [ex["id"] for ex in drawn]
+    assert ids == [ex["id"] for ex in task.eval_examples("th", shared, subset="heldout", n=400, seed=0, draw="groups")]
+    assert set(ids) < {ex["id"] for ex in task.eval_examples("de", shared, subset="heldout", n=700, seed=0, draw="groups")}
+    assert ids != [ex["id"] for ex in task.eval_examples("de", shared, subset="heldout", n=400, seed=1, draw="groups")]
+    # drawn by rows, the same 400 break premises apart and their labels drift from a third each
+    by_rows = task.eval_examples("de", shared, subset="heldout", n=400, seed=0)
+    assert len(by_rows) == 400 and sum(ex["label"] == 1 for ex in by_rows) != 400 / 3
+    assert task.eval_examples("de", shared, subset="heldout", n=5000, draw="groups") == every
+    # rows without a group are groups of one; a bad way to draw is refused
+    loose = [dict(id=i) for i in range(10)]
+    assert len(data.sample(loose, 4, 0, "groups")) == 4
+    assert data.sample(loose, 4, 0, "groups") != data.sample(loose, 4, 1, "groups")
+    with pytest.raises(ValueError, match="draw='premises' is not one of rows, groups"):
+        data.sample(loose, 4, 0, "premises")
+
+
 def test_xnli_paper_prompt_choices_and_target(shared):
     task = data.load_task("xnli")
     ex = task.eval_examples("en", shared, split="validation")[0]

@@ -102,3 +102,34 @@ def test_a_grown_sample_scores_only_the_examples_it_lacks(tiny_model_dir, shared
     with pytest.raises(ValueError, match="other settings"):
         evaluate.run(cfg_for("grow", eval_samples=12, eval_seed=1))
     assert scored == [4, 5, 9]
+
+
+def test_a_draw_of_whole_premises_scores_them_whole_grows_and_is_a_setting(tiny_model_dir, shared_data, tmp_path):
+    """eval_draw groups: eval_samples 7 scores 2 whole premises (6 rows, one per label each), 10 grows to 3
+    by scoring only the third; the other way of drawing is another setting, refused without --overwrite."""
+    import json
+
+    import config as C
+    from test_pipeline import runs_file
+
+    def cfg_for(**extra):
+        return C.get_run("tiny", path=runs_file(tmp_path, tiny_model_dir, shared_data, **dict(
+            dict(method="base", eval_languages=["en"], eval_draw="groups", out_dir=str(tmp_path / "runs")), **extra)))
+
+    def predictions():
+        return json.loads((cfg_for().run_dir / "eval" / "base" / "en.json").read_text())["predictions"]
+
+    def premises(records):
+        out = {}
+        for r in records:
+            out.setdefault(r["group"], []).append(r["label"])
+        return out
+
+    evaluate.run(cfg_for(eval_samples=7))
+    first = premises(predictions())
+    assert len(first) == 2 and all(sorted(v) == [0, 1, 2] for v in first.values())
+    evaluate.run(cfg_for(eval_samples=10))
+    grown = premises(predictions())
+    assert len(grown) == 3 and all(sorted(v) == [0, 1, 2] for v in grown.values()) and set(first) < set(grown)
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate.run(cfg_for(eval_samples=10, eval_draw="rows"))

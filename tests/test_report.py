@@ -1,6 +1,7 @@
 """paper_results.json is self-consistent, and report.py builds tables and plots from fake runs."""
 import dataclasses
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -364,6 +365,28 @@ def test_common_examples_compares_on_the_ids_every_run_scored_and_names_what_was
                      {"lora": {"en": adapter32["en"], "de": {i: adapter["de"][i] for i in ids[50:52]}}}, eval_languages=["en", "de"])
     with pytest.raises(ValueError, match="no example in common in de"):
         report.compare(tmp_path, specs, common=True)
+
+
+def test_draw_spread_shows_whole_groups_holding_a_label_bias_still(tmp_path, capsys):
+    # premises of three rows, one per label; the base model always says label 1 and the other run mostly
+    # label 0: drawn by rows the difference moves with the drawn labels, by whole premises far less
+    sys.path.insert(0, str(report.ROOT / "benchmarks"))
+    import draw_spread
+    rng = np.random.default_rng(0)
+    ids = [f"q{i:04d}" for i in range(300)]
+    label = {i: n % 3 for n, i in enumerate(ids)}
+    groups = {i: f"premise-{n // 3}" for n, i in enumerate(ids)}
+    base = {l: {i: 100.0 * (label[i] == 1) for i in ids} for l in ("en", "de", "fr")}
+    says = {i: 0 if rng.uniform() < 0.8 else 2 for i in ids}  # another bias: mostly label 0
+    other = {l: {i: 100.0 * (says[i] == label[i]) for i in ids} for l in ("en", "de", "fr")}
+    write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, groups, eval_languages=["en", "de", "fr"])
+    write_scored_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"lora": other}, groups, eval_languages=["en", "de", "fr"])
+    draw_spread.main([str(tmp_path), "base_xnli_smollm2", "lora_xnli_smollm2", "--n", "100", "--draws", "40"])
+    out = capsys.readouterr().out
+    spread = {line.split(":")[0].split()[1]: float(line.split("sd across draws ")[1].split(",")[0])
+              for line in out.splitlines() if line.startswith("draw ")}
+    assert "draw rows  : 100-100 rows" in out and "draw groups: 99-99 rows" in out
+    assert spread["groups"] < spread["rows"] / 2, out
 
 
 def test_compare_refuses_an_eval_file_that_results_json_does_not_match(tmp_path):
