@@ -124,6 +124,12 @@ class Collector:
         out = {l: stats.mean_and_se(values, [l], clusters)[1] for l in languages}
         return dict(out, avg=stats.mean_and_se(values, languages, clusters)[1])
 
+    def sizes(self, name, row, languages, metric=None) -> dict:
+        """{lang: examples scored} of a run's row, from its per-example scores; {} where they are missing."""
+        self.errors(name, row, languages, metric)
+        values, _ = self.example_cache[(name, row, metric)] or (None, None)
+        return {l: len(values[l][0]) for l in languages if values and l in values}
+
 
 # --- per-example statistics -----------------------------------------------------------------------
 
@@ -275,6 +281,21 @@ def render_per_language(table, languages, rows):
         cells.append(fmt_cell(with_average(ours, languages), paper_avg, printed="avg" in paper))
         lines.append([METHOD_NAMES.get(row, row)] + cells)
     return markdown_table(header, lines)
+
+
+def sizes_text(sizes):
+    """"Examples per language: 1245 in every row." or each row's count, and a warning, where rows differ."""
+    def span(counts):
+        low, high = min(counts.values()), max(counts.values())
+        return str(low) if low == high else f"{low}-{high}"
+    known = {row: span(n) for row, n in sizes.items() if n}
+    unknown = [METHOD_NAMES.get(row, row) for row, n in sizes.items() if not n]
+    tail = f" ({', '.join(unknown)}: no per-example scores)" if unknown else ""
+    if len(set(known.values())) == 1:
+        return f"Examples per language: {next(iter(known.values()))} in every row{tail}."
+    return ("Examples per language: " + "; ".join(f"{METHOD_NAMES.get(r, r)} {n}" for r, n in known.items()) + tail
+            + ". Rows of different sizes are different samples, not comparable cell by cell; `python report.py "
+              "--compare A B --common-examples` pairs them on the examples both scored.")
 
 
 def render_groups(table, languages, rows, by):
@@ -722,6 +743,9 @@ def build_report(tables, runs, out_path, title, command):
                       if source}
             errors = {row: e for row, e in errors.items() if e}
             lines += [render_per_language(table, languages, rows), ""]
+            sizes = {row: runs.sizes(*source, languages, table["metric"]) for row, source in sources.items() if source}
+            if any(sizes.values()):
+                lines += [sizes_text(sizes), ""]
             for by in ("script", "family", "resource"):
                 grouped = render_groups(table, languages, rows, by)
                 if grouped:

@@ -389,6 +389,21 @@ def test_draw_spread_shows_whole_groups_holding_a_label_bias_still(tmp_path, cap
     assert spread["groups"] < spread["rows"] / 2, out
 
 
+def test_the_report_says_how_many_examples_each_row_scored(tmp_path):
+    base, adapter = correlated_runs(50, ["en", "de"], seed=1)
+    write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, eval_languages=["en", "de"])
+    out = tmp_path / "r.md"
+    report.main(["--runs", "base_xnli_smollm2", "lora_xnli_smollm2", "--runs-dir", str(tmp_path), "--out", str(out)])
+    assert "Examples per language: 50 in every row." in out.read_text()
+    # a run scored on 30 of them, one language on 29: rows of different sizes are said to be different samples
+    fewer = {lang: dict(list(adapter[lang].items())[:30 if lang == "en" else 29]) for lang in adapter}
+    write_scored_run(tmp_path, "lora_xnli_smollm2", "lora", "xnli", {"lora": fewer}, eval_languages=["en", "de"])
+    report.main(["--runs", "base_xnli_smollm2", "lora_xnli_smollm2", "--runs-dir", str(tmp_path), "--out", str(out)])
+    assert ("Examples per language: Base model 50; LoRA r=4 29-30. Rows of different sizes are different samples, "
+            "not comparable cell by cell; `python report.py --compare A B --common-examples` pairs them on the "
+            "examples both scored.") in out.read_text()
+
+
 def test_compare_refuses_an_eval_file_that_results_json_does_not_match(tmp_path):
     base, _ = correlated_runs(20, ["en"], seed=0)
     write_scored_run(tmp_path, "base_xnli_smollm2", "base", "xnli", {"base": base}, eval_languages=["en"])
