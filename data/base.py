@@ -13,11 +13,12 @@ def sample(rows, n=None, seed=0, draw="rows"):
     """n rows drawn with random.Random(seed), kept in their original order; all rows if n is None.
 
     draw "groups": whole groups instead (a row's `group`: XNLI's premise, XQuAD's paragraph, Belebele's
-    passage; a row without one is a group of its own), in an order shuffled by the seed, as many as
-    fit in n rows, so the sample may hold a few rows fewer than n. XNLI's premises each hold one
-    hypothesis per label: whole, they keep the sample's labels balanced, so a model's label bias does
-    not move its score with the draw. The order depends on the group names alone, so parallel
-    languages draw the same groups, and a larger n holds every row of a smaller one."""
+    passage; a row without one is a group of its own; rows with none at all are refused), in an order
+    shuffled by the seed, as many as fit in n rows, so the sample may hold up to a group fewer than n
+    (none at all is refused). XNLI's premises each hold one hypothesis per label: whole, they keep the
+    sample's labels balanced, so a model's label bias does not move its score with the draw. The order
+    depends on the group names alone, so parallel languages draw the same groups, and a larger n holds
+    every row of a smaller one."""
     if draw not in ("rows", "groups"):
         raise ValueError(f"draw={draw!r} is not one of rows, groups")
     if n is None or n >= len(rows):
@@ -25,6 +26,9 @@ def sample(rows, n=None, seed=0, draw="rows"):
     if draw == "rows":
         keep = sorted(random.Random(seed).sample(range(len(rows)), n))
         return [rows[i] for i in keep]
+    if not any(row.get("group") for row in rows):
+        raise ValueError("draw 'groups': none of these rows has a group (MGSM's problems stand alone; XNLI's "
+                         "premises are numbered from the English file); draw rows one at a time")
     members = {}
     for i, row in enumerate(rows):
         members.setdefault(str(row.get("group") or f"row-{i}"), []).append(i)
@@ -36,6 +40,9 @@ def sample(rows, n=None, seed=0, draw="rows"):
             break
         keep += members[name]
         total += len(members[name])
+    if not keep:
+        raise ValueError(f"a sample of {n} rows drawn in whole groups is empty: the first group drawn ({order[0]}) "
+                         f"holds {len(members[order[0]])} rows; draw more rows, or draw rows one at a time")
     return [rows[i] for i in sorted(keep)]
 
 

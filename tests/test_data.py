@@ -141,12 +141,18 @@ def test_a_draw_of_whole_premises_keeps_each_whole_balanced_parallel_and_nested(
     by_rows = task.eval_examples("de", shared, subset="heldout", n=400, seed=0)
     assert len(by_rows) == 400 and sum(ex["label"] == 1 for ex in by_rows) != 400 / 3
     assert task.eval_examples("de", shared, subset="heldout", n=5000, draw="groups") == every
-    # rows without a group are groups of one; a bad way to draw is refused
-    loose = [dict(id=i) for i in range(10)]
-    assert len(data.sample(loose, 4, 0, "groups")) == 4
+    # rows without a group are groups of one; rows with none at all, or a bad way to draw, are refused
+    loose = [dict(id=i, group="pair" if i < 2 else None) for i in range(10)]
+    assert len(data.sample(loose, 4, 0, "groups")) in (3, 4)
+    assert {r["id"] for r in data.sample(loose, 9, 0, "groups")} >= {0, 1}  # the pair stays whole
     assert data.sample(loose, 4, 0, "groups") != data.sample(loose, 4, 1, "groups")
+    with pytest.raises(ValueError, match="none of these rows has a group"):
+        data.sample([dict(id=i) for i in range(10)], 4, 0, "groups")
     with pytest.raises(ValueError, match="draw='premises' is not one of rows, groups"):
         data.sample(loose, 4, 0, "premises")
+    with pytest.raises(ValueError, match=r"sample of 2 rows drawn in whole groups is empty: the first group drawn "
+                                         r"\(premise-\d+\) holds 3 rows"):
+        data.sample(every, 2, 0, "groups")
 
 
 def test_xnli_paper_prompt_choices_and_target(shared):
