@@ -403,13 +403,12 @@ def _seeds_note(rows, methods):
     return "; seeds " + ", ".join(f"{report.METHOD_NAMES[m]} {rows[m]['n_seeds']}" for m in methods)
 
 
-def _common_note(*results):
-    """"; on the 400 examples per language that every run compared scored" where report.compare narrowed
-    runs scored on different samples to the examples they share; "" where all scored the same."""
-    narrowed = [r for r in results if r["narrowed"]]
-    counts = sorted({n for r in narrowed for n in r["n_examples"].values()})
-    return (f"; on the {'/'.join(map(str, counts))} examples per language that every run compared scored"
-            if narrowed else "")
+def _common_note(result):
+    """" (on the 400 examples per language that every run compared scored)" where report.compare
+    narrowed runs scored on different samples to the examples they share; "" where all scored the same."""
+    counts = sorted(set(result["n_examples"].values()))
+    return (f" (on the {'/'.join(map(str, counts))} examples per language that every run compared scored)"
+            if result["narrowed"] else "")
 
 
 def _seeds_numbers(name, diff):
@@ -459,8 +458,8 @@ def prefix_over_lora(runs_dir, cell, task, n_resamples=2000):
                      + _seeds_numbers(f"{report.METHOD_NAMES[m]} − LoRA", d) for m, d in diffs.items())
     outcome, basis = judged(diffs[best], rows, ("lora", best))
     mark = dict(verdict=outcome, basis=basis, best=best, differences=diffs,
-                numbers=f"{text} (better: {report.METHOD_NAMES[best]}){_seeds_note(rows, ('lora', *have))}"
-                        f"{_common_note(result)}")
+                numbers=f"{text} (better: {report.METHOD_NAMES[best]}){_common_note(result)}"
+                        f"{_seeds_note(rows, ('lora', *have))}")
     return _too_small(mark, [diffs[best]], cell["target_se"])
 
 
@@ -498,10 +497,10 @@ def soft_prompt_low_resource(runs_dir, cell, task, n_resamples=2000):
         outcome = first
     mark = dict(verdict=outcome, basis=basis, low_resource=low, vs_base=gain, vs_best_prefix=against, best=best,
                 numbers=f"on {', '.join(low)}: soft prompt − base {stats.fmt_pm(gain, signed=True, ci=True)}"
-                        f"{_seeds_numbers('soft prompt − base', gain)}, "
+                        f"{_seeds_numbers('soft prompt − base', gain)}{_common_note(result)}, "
                         f"soft prompt − {report.METHOD_NAMES[best]} {stats.fmt_pm(against, signed=True, ci=True)}"
                         f"{_seeds_numbers(f'soft prompt − {report.METHOD_NAMES[best]}', against)}"
-                        f"{_seeds_note(rows, ('soft_prompt', best))}{_common_note(result, paired)}")
+                        f"{_common_note(paired)}{_seeds_note(rows, ('soft_prompt', best))}")
     return _too_small(mark, [gain, against], cell["target_se"])
 
 
