@@ -60,6 +60,7 @@ def save_figure(fig, path):
     tmp.replace(path)
     plt.close(fig)
 
+
 def load_paper(path=PAPER_FILE) -> dict:
     """paper_results.json's tables by id."""
     return {t["id"]: t for t in json.loads(Path(path).read_text())["tables"]}
