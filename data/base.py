@@ -15,7 +15,7 @@ def sample(rows, n=None, seed=0, draw="rows"):
     draw "groups": whole groups instead (a row's `group`: XNLI's premise, XQuAD's paragraph, Belebele's
     passage; a row without one is a group of its own; rows with none at all are refused), in an order
     shuffled by the seed, as many as fit in n rows, so the sample may hold up to a group fewer than n
-    (none at all is refused). XNLI's premises each hold one hypothesis per label: whole, they keep the
+    (an empty one is refused). XNLI's premises each hold one hypothesis per label: whole, they keep the
     sample's labels balanced, so a model's label bias does not move its score with the draw. The order
     depends on the group names alone, so parallel languages draw the same groups, and a larger n holds
     every row of a smaller one."""
