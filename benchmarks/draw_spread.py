@@ -32,7 +32,7 @@ def main(argv=None):
     a, b = (report.load_entry(args.runs_dir, name) for name in (args.base, args.other))
     report.check_same_examples(a, b, a["results"]["languages"])
     clusters = a["clusters"] or b["clusters"]
-    english = {"xnli": "en", "xquad": "en", "mgsm": "en", "belebele": "eng_Latn"}[a["results"]["task"]]
+    english = data.load_task(a["results"]["task"]).train_lang
     others = [l for l in a["results"]["languages"] if l != english]
     ids = list(a["examples"][others[0]][0])
     rows = [dict(id=i, group=(clusters or {}).get(i)) for i in ids]
